@@ -1,4 +1,10 @@
 /**
+ * pqcancel for Node.js: the `Transport` Layer (net, tls, unix sockets) and driver adapters.
+ *
  * @since 0.1.0
  */
-export {}
+
+/**
+ * @since 0.1.0
+ */
+export * as NodeTransport from "./NodeTransport.ts"

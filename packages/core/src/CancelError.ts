@@ -1,0 +1,78 @@
+/**
+ * Typed errors of pqcancel. Each carries libpq's message text (without libpq's trailing newline) in `message`,
+ * so code that matched on libpq's `PQcancelErrorMessage` can match on ours. No error ever carries a cancel key.
+ *
+ * @example
+ * ```ts
+ * import * as Effect from "effect/Effect"
+ * import { CancelError } from "@pqcancel/core"
+ *
+ * const recovered = Effect.fail(new CancelError.InvalidOption({ message: "invalid sslmode value: \"x\"" })).pipe(
+ *   Effect.catchTag("InvalidOption", (e) => Effect.succeed(e.message))
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
+import * as Schema from "effect/Schema"
+
+/**
+ * A connection option (conninfo keyword, URI parameter or `PG*` variable) is unknown or has an invalid value.
+ * `message` is libpq's text, e.g. `invalid sslmode value: "x"`.
+ *
+ * @category errors
+ * @since 0.1.0
+ */
+export class InvalidOption extends Schema.TaggedError<InvalidOption>()("InvalidOption", {
+  message: Schema.String
+}) {}
+
+/**
+ * Bytes on the wire (a server reply, a BackendKeyData message, an encoded CancelKey) do not decode.
+ *
+ * @category errors
+ * @since 0.1.0
+ */
+export class ProtocolError extends Schema.TaggedError<ProtocolError>()("ProtocolError", {
+  message: Schema.String
+}) {}
+
+/**
+ * A cancel connection could not be created (`PQcancelCreate` returned a BAD object): `connection not open`,
+ * `no cancellation key received`, or an option validation message.
+ *
+ * @category errors
+ * @since 0.1.0
+ */
+export class CancelCreateError extends Schema.TaggedError<CancelCreateError>()("CancelCreateError", {
+  message: Schema.String
+}) {}
+
+/**
+ * The cancel request failed: the cancel connection ended in `CONNECTION_BAD`. `message` is what
+ * `PQcancelErrorMessage` would return (host prefix included), without the trailing newline.
+ *
+ * @category errors
+ * @since 0.1.0
+ */
+export class CancelFailed extends Schema.TaggedError<CancelFailed>()("CancelFailed", {
+  message: Schema.String
+}) {}
+
+/**
+ * The blocking cancel did not finish before `connect_timeout` (or the caller's deadline): libpq's `timeout expired`.
+ *
+ * @category errors
+ * @since 0.1.0
+ */
+export class CancelTimeout extends Schema.TaggedError<CancelTimeout>()("CancelTimeout", {
+  message: Schema.String
+}) {}
+
+/**
+ * Any pqcancel error.
+ *
+ * @category errors
+ * @since 0.1.0
+ */
+export type PqCancelError = InvalidOption | ProtocolError | CancelCreateError | CancelFailed | CancelTimeout

@@ -1,0 +1,328 @@
+import { assert, describe, it } from "@effect/vitest"
+import { CancelMachine } from "@pqcancel/core"
+import type { CancelKey, ConnectionOptions } from "@pqcancel/core"
+import * as Arbitrary from "effect/Arbitrary"
+import * as Redacted from "effect/Redacted"
+import * as Schema from "effect/Schema"
+
+const key: CancelKey.CancelKey = {
+  pid: 4242,
+  secret: Redacted.make(new Uint8Array([0xde, 0xad, 0xbe, 0xef])),
+  protocolVersion: "3.0"
+}
+
+const SslModes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] as const
+const GssModes = ["disable", "prefer", "require"] as const
+
+interface Setup {
+  readonly sslmode: ConnectionOptions.SslMode
+  readonly sslnegotiation: ConnectionOptions.SslNegotiation
+  readonly gssencmode: ConnectionOptions.GssEncMode
+  readonly gssAvailable: boolean
+  readonly unix: boolean
+  readonly legacy: boolean
+}
+
+const SetupSchema = Schema.Struct({
+  sslmode: Schema.Literals(SslModes),
+  direct: Schema.Boolean,
+  gssencmode: Schema.Literals(GssModes),
+  gssAvailable: Schema.Boolean,
+  unix: Schema.Boolean,
+  legacy: Schema.Boolean
+})
+
+// option validation (ConnectionOptions.resolve) rejects direct with a weak sslmode: never build such a config
+const toSetup = (s: typeof SetupSchema.Type): Setup => ({
+  sslmode: s.sslmode,
+  sslnegotiation: s.direct && ["require", "verify-ca", "verify-full"].includes(s.sslmode) ? "direct" : "postgres",
+  gssencmode: s.gssencmode,
+  gssAvailable: s.gssAvailable,
+  unix: s.unix,
+  legacy: s.legacy
+})
+
+const configOf = (setup: Setup): CancelMachine.MachineConfig =>
+  CancelMachine.makeConfig({
+    host: setup.unix
+      ? { _tag: "Unix", directory: "/tmp", port: 5432 }
+      : { _tag: "Tcp", host: "db.example", hostaddr: undefined, port: 5432 },
+    address: setup.unix
+      ? { _tag: "Unix", path: "/tmp/.s.PGSQL.5432" }
+      : { _tag: "Tcp", address: "127.0.0.1", port: 5432, family: 4 },
+    sslmode: setup.sslmode,
+    sslnegotiation: setup.sslnegotiation,
+    gssencmode: setup.gssencmode,
+    sslsni: true,
+    gssAvailable: setup.gssAvailable,
+    key,
+    legacy: setup.legacy
+  })
+
+const bytes = (s: string) => new TextEncoder().encode(s)
+const EventChoices: ReadonlyArray<CancelMachine.Event> = [
+  CancelMachine.Events.start,
+  CancelMachine.Events.poll,
+  CancelMachine.Events.reset,
+  CancelMachine.Events.connected,
+  { _tag: "ConnectFailed", message: "Connection refused" },
+  { _tag: "Data", bytes: bytes("S") },
+  { _tag: "Data", bytes: bytes("N") },
+  { _tag: "Data", bytes: bytes("G") },
+  { _tag: "Data", bytes: bytes("E") },
+  { _tag: "Data", bytes: bytes("x") },
+  { _tag: "Data", bytes: bytes("SX") },
+  CancelMachine.Events.eof,
+  { _tag: "IoError", code: "ECONNRESET", message: "Connection reset by peer" },
+  { _tag: "IoError", code: "EIO", message: "Input/output error" },
+  { _tag: "TlsEstablished", alpn: "postgresql" },
+  { _tag: "TlsEstablished", alpn: false },
+  { _tag: "TlsFailed", message: "SSL error: certificate verify failed" },
+  CancelMachine.Events.gssEstablished,
+  { _tag: "GssFailed", message: "GSSAPI encryption is not supported" },
+  CancelMachine.Events.deadline
+]
+const EventIndexes = Arbitrary.array(
+  Arbitrary.schema(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: EventChoices.length - 1 }))),
+  { maxLength: 30 }
+)
+
+// The messages libpq 18 can put in a cancel connection's error buffer (spec §2.1), each after an optional prefix
+const knownMessage = [
+  /^cancel request is already being sent on this connection$/,
+  /^unexpected response from server$/,
+  /^timeout expired$/,
+  /^invalid connection state, probably indicative of memory corruption$/,
+  /^server does not support SSL, but SSL was required$/,
+  /^server sent an error response during SSL exchange$/,
+  /^received invalid response to SSL negotiation: .$/,
+  /^received unencrypted data after SSL response$/,
+  /^server doesn't support GSSAPI encryption, but it was required$/,
+  /^server sent an error response during GSS encryption exchange$/,
+  /^received invalid response to GSSAPI negotiation: .$/,
+  /^received unencrypted data after GSSAPI encryption response$/,
+  /^GSSAPI encryption required but it is not supported over a local socket$/,
+  /^GSSAPI encryption required but no credential cache$/,
+  /^direct SSL connection was established without ALPN protocol negotiation extension$/,
+  /^SSL error: .+$/,
+  /^GSSAPI encryption is not supported$/,
+  /^server closed the connection unexpectedly$/,
+  /^\tThis probably means the server terminated abnormally$/,
+  /^\tbefore or while processing the request\.$/,
+  /^could not receive data from server: .+$/,
+  // strerror texts of a failed connect()
+  /^(Connection refused|Connection reset by peer|Input\/output error)$/,
+  /^\tIs the server running (on that host and accepting TCP\/IP connections|locally and accepting connections on that socket)\?$/,
+  /^PQcancel\(\) -- connect\(\) failed: .+$/
+]
+const prefix = /^connection to server (at "[^"]+"( \([^)]+\))?, port \d+|on socket "[^"]+") failed: /
+
+const checkErrorText = (error: string) => {
+  if (error === "") return
+  assert.isTrue(error.endsWith("\n"), `error ends with a newline: ${JSON.stringify(error)}`)
+  for (let line of error.slice(0, -1).split("\n")) {
+    while (prefix.test(line)) line = line.replace(prefix, "")
+    if (line === "") continue
+    assert.isTrue(knownMessage.some((re) => re.test(line)), `libpq message: ${JSON.stringify(line)}`)
+  }
+}
+
+const requiresEncryption = (setup: Setup) =>
+  !setup.legacy && !setup.unix &&
+  (["require", "verify-ca", "verify-full"].includes(setup.sslmode) || setup.gssencmode === "require")
+
+describe("CancelMachine", () => {
+  it.prop(
+    "invariants hold for every event sequence",
+    { setup: Arbitrary.schema(SetupSchema), events: EventIndexes },
+    ({ events, setup: raw }) => {
+      const setup = toSetup(raw)
+      const config = configOf(setup)
+      let state = CancelMachine.initial
+      let socketEncrypted = false
+      for (const index of events) {
+        const event = EventChoices[index]!
+        const before = state
+        const next = CancelMachine.step(config, state, event)
+        state = next.state
+        for (const action of next.actions) {
+          if (action._tag === "Connect") socketEncrypted = false
+          if (action._tag === "Write" && action.kind === "CancelRequest" && requiresEncryption(setup)) {
+            assert.isTrue(socketEncrypted && action.encrypted, "the key is never written before encryption")
+          }
+        }
+        if (
+          (event._tag === "TlsEstablished" || event._tag === "GssEstablished") &&
+          (state.status === "MADE" || state.status === "AWAITING_RESPONSE")
+        ) socketEncrypted = true
+        // OK and BAD are terminal: only Reset (and, from OK, Start) leave them
+        if (before.status === "BAD" && event._tag !== "Reset") assert.strictEqual(state.status, "BAD")
+        if (before.status === "OK" && event._tag !== "Reset" && event._tag !== "Start") {
+          assert.strictEqual(state.status, "OK")
+        }
+        if (before.status === "OK" && event._tag === "Start") {
+          assert.strictEqual(state.status, "BAD")
+          assert.include(state.error, "cancel request is already being sent on this connection")
+        }
+        // EOF or a deadline ends every in-flight request
+        if (CancelMachine.isInFlight(before) && (event._tag === "Eof" || event._tag === "Deadline")) {
+          assert.isTrue(CancelMachine.isTerminal(state))
+        }
+        if (event._tag === "Reset") assert.deepStrictEqual(state, CancelMachine.initial)
+        assert.strictEqual(state.polling === "OK", state.status === "OK")
+        if (state.status === "OK") assert.strictEqual(state.error, "")
+        // while in flight, libpq's buffer holds the host prefix of the current attempt (no newline yet)
+        if (!CancelMachine.isInFlight(state)) checkErrorText(state.error)
+      }
+    },
+    { arbitrary: { runs: 3000 } }
+  )
+
+  // A simulated server answering each action, and the outcome the spec's tables give for it
+  type Server = { readonly ssl: "S" | "N" | "E" | "handshake-fails"; readonly reply: "eof" | "byte" }
+  const ServerSchema = Schema.Struct({
+    ssl: Schema.Literals(["S", "N", "E", "handshake-fails"]),
+    reply: Schema.Literals(["eof", "byte"])
+  })
+
+  const run = (setup: Setup, server: Server) => {
+    const config = configOf(setup)
+    let state = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start).state
+    const queue: Array<CancelMachine.Event> = []
+    const trace: Array<string> = []
+    let sockets = 0
+    const perform = (actions: ReadonlyArray<CancelMachine.Action>) => {
+      for (const action of actions) {
+        trace.push(action._tag === "Write" ? `${action.kind}${action.encrypted ? "(tls)" : ""}` : action._tag)
+        if (action._tag === "Connect") {
+          sockets++
+          queue.push(CancelMachine.Events.connected)
+        }
+        if (action._tag === "Write" && action.kind === "SSLRequest") {
+          queue.push({ _tag: "Data", bytes: bytes(server.ssl === "handshake-fails" ? "S" : server.ssl) })
+        }
+        if (action._tag === "Write" && action.kind === "CancelRequest") {
+          queue.push(server.reply === "eof" ? CancelMachine.Events.eof : { _tag: "Data", bytes: bytes("Z") })
+        }
+        if (action._tag === "StartTls") {
+          queue.push(
+            server.ssl === "S" || (action.request.direct && server.ssl !== "handshake-fails")
+              ? { _tag: "TlsEstablished", alpn: "postgresql" }
+              : { _tag: "TlsFailed", message: "SSL error: handshake failure" }
+          )
+        }
+      }
+    }
+    perform(CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start).actions)
+    while (queue.length > 0 && !CancelMachine.isTerminal(state)) {
+      const next = CancelMachine.step(config, state, queue.shift()!)
+      state = next.state
+      perform(next.actions)
+    }
+    return { state, trace, sockets }
+  }
+
+  it.prop(
+    "matches the reference model of libpq's encryption negotiation",
+    { setup: Arbitrary.schema(SetupSchema), server: Arbitrary.schema(ServerSchema) },
+    ({ server, setup: raw }) => {
+      const setup = { ...toSetup(raw), gssAvailable: false }
+      const { sockets, state, trace } = run(setup, server)
+      const gssRequired = setup.gssencmode === "require" && !setup.legacy
+      const sent = trace.filter((t) => t.startsWith("CancelRequest"))
+      if (gssRequired) {
+        // no GSS credential: libpq fails before connecting
+        assert.strictEqual(state.status, "BAD")
+        assert.strictEqual(sockets, 0)
+        assert.match(state.error, /GSSAPI encryption required but/)
+        return
+      }
+      const plaintextOnly = setup.legacy || setup.unix || setup.sslmode === "disable" || setup.sslmode === "allow"
+      if (plaintextOnly) {
+        assert.deepStrictEqual(trace.filter((t) => t !== "Close"), ["Connect", "CancelRequest"])
+      } else if (setup.sslnegotiation === "direct") {
+        assert.strictEqual(trace[1], "StartTls")
+        assert.notInclude(trace, "SSLRequest")
+        if (server.ssl === "handshake-fails") {
+          assert.deepStrictEqual(sent, [])
+          assert.strictEqual(state.status, "BAD")
+        } else assert.deepStrictEqual(sent, ["CancelRequest(tls)"])
+      } else if (server.ssl === "S") {
+        assert.deepStrictEqual(sent, ["CancelRequest(tls)"])
+        assert.strictEqual(sockets, 1)
+      } else if (server.ssl === "E") {
+        assert.deepStrictEqual(sent, [])
+        assert.include(state.error, "server sent an error response during SSL exchange")
+      } else if (setup.sslmode === "prefer") {
+        // 'N' ⇒ plaintext on the same socket; a failed handshake ⇒ plaintext on a new socket
+        assert.deepStrictEqual(sent, ["CancelRequest"])
+        assert.strictEqual(sockets, server.ssl === "N" ? 1 : 2)
+      } else {
+        assert.deepStrictEqual(sent, [])
+        assert.strictEqual(state.status, "BAD")
+        if (server.ssl === "N") assert.include(state.error, "server does not support SSL, but SSL was required")
+      }
+      if (sent.length > 0) {
+        const legacyReplyOk = setup.legacy
+        assert.strictEqual(state.status, server.reply === "eof" || legacyReplyOk ? "OK" : "BAD")
+        if (state.status === "BAD") assert.include(state.error, "unexpected response from server")
+      }
+    },
+    { arbitrary: { runs: 500 } }
+  )
+
+  it("prefixes errors with the host like libpq", () => {
+    const config = configOf({
+      sslmode: "require",
+      sslnegotiation: "postgres",
+      gssencmode: "disable",
+      gssAvailable: false,
+      unix: false,
+      legacy: false
+    })
+    let state = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start).state
+    state = CancelMachine.step(config, state, CancelMachine.Events.connected).state
+    state = CancelMachine.step(config, state, { _tag: "Data", bytes: bytes("N") }).state
+    assert.strictEqual(
+      state.error,
+      "connection to server at \"db.example\" (127.0.0.1), port 5432 failed: server does not support SSL, but SSL was required\n"
+    )
+  })
+
+  it("data pipelined after 'S' is refused (buffer stuffing)", () => {
+    const config = configOf({
+      sslmode: "prefer",
+      sslnegotiation: "postgres",
+      gssencmode: "disable",
+      gssAvailable: false,
+      unix: false,
+      legacy: false
+    })
+    let state = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start).state
+    state = CancelMachine.step(config, state, CancelMachine.Events.connected).state
+    const next = CancelMachine.step(config, state, { _tag: "Data", bytes: bytes("SX") })
+    assert.strictEqual(next.state.status, "BAD")
+    assert.include(next.state.error, "received unencrypted data after SSL response")
+    assert.deepStrictEqual(next.actions, [])
+  })
+
+  it("poll before start is libpq's invalid state; start twice is refused", () => {
+    const config = configOf({
+      sslmode: "disable",
+      sslnegotiation: "postgres",
+      gssencmode: "disable",
+      gssAvailable: false,
+      unix: false,
+      legacy: false
+    })
+    const polled = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.poll).state
+    assert.strictEqual(polled.status, "BAD")
+    assert.include(polled.error, "invalid connection state, probably indicative of memory corruption")
+    const started = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start)
+    assert.isTrue(started.accepted)
+    const again = CancelMachine.step(config, started.state, CancelMachine.Events.start)
+    assert.isFalse(again.accepted)
+    assert.strictEqual(again.state.status, "BAD")
+    assert.include(again.state.error, "cancel request is already being sent on this connection")
+  })
+})
