@@ -324,7 +324,10 @@ export const makeUnchecked = (
 export const makeLegacy = (
   session: SessionInfo
 ): Effect.Effect<CancelConnection, never, Transport | Scope.Scope> =>
-  makeWith(session, { legacy: true, initialError: session.key === undefined ? "no cancellation key received" : undefined })
+  makeWith(session, {
+    legacy: true,
+    initialError: session.key === undefined ? "no cancellation key received" : undefined
+  })
 
 /**
  * Cancel what a session is running, in one call: create, `blocking`, finish. Succeeds once the server has closed

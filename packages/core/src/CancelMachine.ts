@@ -184,7 +184,12 @@ export const initial: State = {
  * @category constructors
  * @since 0.1.0
  */
-export const failedState = (message: string): State => ({ ...initial, status: "BAD", polling: "FAILED", error: message })
+export const failedState = (message: string): State => ({
+  ...initial,
+  status: "BAD",
+  polling: "FAILED",
+  error: message
+})
 
 /**
  * Everything fixed for the life of a cancel connection; built once by {@link makeConfig}. Actions are preallocated
@@ -466,7 +471,12 @@ export const step = (config: MachineConfig, state: State, event: Event): Step =>
       const init = initMethods(config)
       if (init.error !== undefined) return bad(make(state, state.status, state.polling, { allowed: 0 }), init.error)
       const method = nextMethod(config, init.allowed, 0)
-      const started = connect(config, make(state, state.status, state.polling, { allowed: init.allowed }), method, false)
+      const started = connect(
+        config,
+        make(state, state.status, state.polling, { allowed: init.allowed }),
+        method,
+        false
+      )
       return { ...started, accepted: true }
     }
     case "Reset":

@@ -1,17 +1,61 @@
 /**
- * STUB — types only; parser to be implemented (see helper brief). Public contract below must be kept.
+ * libpq-compatible connection options: parsing of keyword/value strings and `postgresql://` URIs, `PG*`
+ * environment defaults, and the validation libpq's `pqConnectOptions2` performs, producing the cancel-relevant
+ * {@link ConnectionOptions}. Error messages are libpq 18's texts (without the trailing newline).
+ *
+ * Precedence is libpq's: a value in the string > the environment variable > the built-in default.
+ * The environment is always passed explicitly (core never reads `process.env`).
+ *
+ * Not supported: connection service files (`service=` / `PGSERVICE` fail with an `InvalidOption`), the password file
+ * and `client_encoding=auto` (not needed to send a cancel request).
+ *
+ * @example
+ * ```ts
+ * import * as Effect from "effect/Effect"
+ * import { ConnectionOptions } from "@pqcancel/core"
+ *
+ * const program = ConnectionOptions.fromString("postgresql://db1:5433,db2/app?sslmode=require", {
+ *   PGCONNECT_TIMEOUT: "5"
+ * }).pipe(Effect.map((options) => options.hosts.length)) // 2
+ * ```
  *
  * @since 0.1.0
  */
-import type * as Redacted from "effect/Redacted"
+import * as Effect from "effect/Effect"
+import * as Base64 from "effect/encoding/Base64"
+import * as Redacted from "effect/Redacted"
+import * as Result from "effect/Result"
+import { InvalidOption } from "./CancelError.ts"
+import * as internal from "./internal/conninfo.ts"
 
-/** @category models @since 0.1.0 */
+/**
+ * `sslmode` values.
+ *
+ * @category models
+ * @since 0.1.0
+ */
 export type SslMode = "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full"
-/** @category models @since 0.1.0 */
+/**
+ * `sslnegotiation` values.
+ *
+ * @category models
+ * @since 0.1.0
+ */
 export type SslNegotiation = "postgres" | "direct"
-/** @category models @since 0.1.0 */
+/**
+ * `gssencmode` values.
+ *
+ * @category models
+ * @since 0.1.0
+ */
 export type GssEncMode = "disable" | "prefer" | "require"
-/** @category models @since 0.1.0 */
+/**
+ * `ssl_min_protocol_version` / `ssl_max_protocol_version` values (libpq accepts them case-insensitively; they are
+ * normalized to this spelling).
+ *
+ * @category models
+ * @since 0.1.0
+ */
 export type TlsVersion = "TLSv1" | "TLSv1.1" | "TLSv1.2" | "TLSv1.3"
 
 /**
@@ -70,3 +114,530 @@ export interface ConnectionOptions {
   readonly requirepeer: string | undefined
   readonly krbsrvname: string | undefined
 }
+
+/**
+ * Raw option strings keyed by libpq keyword (what the parsers return and {@link resolve} consumes).
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export type RawOptions = Readonly<Record<string, string>>
+
+/**
+ * An environment: variable name → value (`undefined` = not set). Pass `process.env` from a Node program.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export type Env = Readonly<Record<string, string | undefined>>
+
+/**
+ * Every connection keyword libpq 18 accepts, in libpq's order (`requiressl` is also accepted by the parsers, as
+ * libpq's deprecated alias of `sslmode`, but is not a keyword of its own).
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const keywords: ReadonlyArray<string> = internal.KEYWORDS.map((k) => k.keyword)
+
+/**
+ * The `PG*` environment variable of each keyword that has one.
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const environmentVariables: Readonly<Record<string, string>> = Object.fromEntries(
+  internal.KEYWORDS.flatMap((k) => k.envvar === undefined ? [] : [[k.keyword, k.envvar]])
+)
+
+/**
+ * libpq's built-in default socket directory on Linux (`DEFAULT_PGSOCKET_DIR`), used when no host is given.
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const DEFAULT_SOCKET_DIR = "/tmp"
+
+/**
+ * libpq's default port (`DEF_PGPORT`).
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const DEFAULT_PORT = 5432
+
+/**
+ * Parses a keyword/value connection string like libpq's `conninfo_parse` (no defaults applied):
+ * `keyword = value` pairs separated by whitespace, single-quoted values, `\` escapes. Errors:
+ * `missing "=" after "%s" in connection info string`, `unterminated quoted string in connection info string`,
+ * `invalid connection option "%s"`. `requiressl=1` is stored as `sslmode=require` (any other value as `prefer`).
+ *
+ * @category parsing
+ * @since 0.1.0
+ */
+export const parseConninfo: (conninfo: string) => Result.Result<RawOptions, InvalidOption> = internal.parseConninfo
+
+/**
+ * Parses a `postgresql://` or `postgres://` URI like libpq's `conninfo_uri_parse_options` (no defaults applied):
+ * `user:password@`, comma-separated `host:port` lists, `[IPv6]` literals, percent-decoding (a decoded host starting
+ * with `/` is a socket directory), `/dbname`, `?keyword=value&…` (`ssl=true` ⇒ `sslmode=require`).
+ *
+ * @category parsing
+ * @since 0.1.0
+ */
+export const parseUri: (uri: string) => Result.Result<RawOptions, InvalidOption> = internal.parseUri
+
+/**
+ * Parses a connection string like `PQconnectdb`: a URI when it starts with `postgresql://` or `postgres://`, a
+ * keyword/value string otherwise. No defaults are applied.
+ *
+ * @category parsing
+ * @since 0.1.0
+ */
+export const parse: (s: string) => Result.Result<RawOptions, InvalidOption> = internal.parse
+
+/**
+ * Whether a string would be parsed as a URI by {@link parse}.
+ *
+ * @category parsing
+ * @since 0.1.0
+ */
+export const isUri = (s: string): boolean => internal.uriPrefixLength(s) !== 0
+
+/**
+ * The options supplied by `PG*` environment variables (`PGHOST`, `PGPORT`, `PGSSLMODE`, … — see
+ * {@link environmentVariables}); a variable set to "" counts as set, as in libpq. The deprecated `PGREQUIRESSL`
+ * (value starting with "1") yields `sslmode=require` unless `PGSSLMODE` is set.
+ *
+ * @category defaults
+ * @since 0.1.0
+ */
+export const fromEnv: (env: Env) => RawOptions = internal.fromEnv
+
+/**
+ * libpq's `conninfo_add_defaults`: every keyword without a value takes its environment variable, else its built-in
+ * default (port 5432, sslmode prefer, sslnegotiation postgres, gssencmode prefer, sslsni 1,
+ * ssl_min_protocol_version TLSv1.2, channel_binding prefer, target_session_attrs any, load_balance_hosts disable,
+ * krbsrvname postgres, sslcompression 0, gssdelegation 0). When sslmode was not given anywhere and
+ * `sslrootcert=system`, sslmode defaults to verify-full.
+ *
+ * The gssencmode default is "prefer", libpq's default when built with GSSAPI (a build without GSSAPI defaults to
+ * "disable"); "prefer" falls back when no GSS credentials are available.
+ *
+ * @category defaults
+ * @since 0.1.0
+ */
+export const withDefaults = (options: Readonly<Record<string, string | undefined>>, env: Env = {}): RawOptions =>
+  internal.withDefaults(options, env)
+
+// -----------------------------------------------------------------------------
+// resolve (pqConnectOptions2)
+// -----------------------------------------------------------------------------
+
+const fail = (message: string) => Result.fail(new InvalidOption({ message }))
+
+const invalidValue = (keyword: string, value: string) => fail(`invalid ${keyword} value: "${value}"`)
+
+/** `count_comma_separated_elems` */
+const countElems = (s: string): number => s.split(",").length
+
+const INT_RE = /^[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n\v\f\r]*$/
+
+/** `pqParseIntParam`: strtol semantics (leading/trailing whitespace, optional sign), must fit a C int. */
+const parseIntParam = (value: string, context: string): Result.Result<number, InvalidOption> => {
+  const m = INT_RE.exec(value)
+  if (m !== null) {
+    const n = Number(m[1])
+    if (n >= -2147483648 && n <= 2147483647) return Result.succeed(n === 0 ? 0 : n)
+  }
+  return fail(`invalid integer value "${value}" for connection option "${context}"`)
+}
+
+const TLS_VERSIONS: ReadonlyArray<TlsVersion> = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
+
+const tlsVersionIndex = (value: string): number =>
+  TLS_VERSIONS.findIndex((v) => v.toLowerCase() === value.toLowerCase())
+
+const SSL_MODES: ReadonlyArray<string> = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+const TARGET_SESSION_ATTRS: ReadonlyArray<string> = [
+  "any",
+  "read-write",
+  "read-only",
+  "primary",
+  "standby",
+  "prefer-standby"
+]
+
+/** `pqParseProtocolVersion` */
+const parseProtocolVersion = (value: string, context: string): Result.Result<"3.0" | "3.2", InvalidOption> =>
+  value === "latest" || value === "3.2"
+    ? Result.succeed("3.2")
+    : value === "3.0"
+    ? Result.succeed("3.0")
+    : fail(`invalid ${context} value: "${value}"`)
+
+const AUTH_PASSWORD = 1
+const AUTH_MD5 = 2
+const AUTH_GSS = 4
+const AUTH_GSS_CONT = 8
+const AUTH_SSPI = 16
+const AUTH_ALL = 0xff
+
+/** The `require_auth` parsing of `pqConnectOptions2` (validation only; the result is not used by a cancel). */
+const checkRequireAuth = (requireAuth: string): Result.Result<void, InvalidOption> => {
+  let authRequired = true
+  let methods = 0
+  const mechs = new Set<string>()
+  let negated = false
+  const parts = requireAuth.split(",")
+  for (let index = 0; index < parts.length; index++) {
+    const part = parts[index]!
+    let method = part
+    if (method.startsWith("!")) {
+      if (index === 0) {
+        authRequired = false
+        methods = AUTH_ALL
+        mechs.add("scram-sha-256")
+        mechs.add("oauth")
+      } else if (!negated) {
+        return fail(`negative require_auth method "${method}" cannot be mixed with non-negative methods`)
+      }
+      negated = true
+      method = method.slice(1)
+    } else if (negated) {
+      return fail(`require_auth method "${method}" cannot be mixed with negative methods`)
+    }
+    const duplicate = fail(`require_auth method "${part}" is specified more than once`)
+    let bits = 0
+    let mech: string | undefined
+    if (method === "password") bits = AUTH_PASSWORD
+    else if (method === "md5") bits = AUTH_MD5
+    else if (method === "gss") bits = AUTH_GSS | AUTH_GSS_CONT
+    else if (method === "sspi") bits = AUTH_SSPI | AUTH_GSS_CONT
+    else if (method === "scram-sha-256" || method === "oauth") mech = method
+    else if (method === "none") {
+      if (negated) {
+        if (authRequired) return duplicate
+        authRequired = true
+      } else {
+        if (!authRequired) return duplicate
+        authRequired = false
+      }
+      continue
+    } else {
+      return invalidValue("require_auth", method)
+    }
+    if (mech !== undefined) {
+      if (negated) {
+        if (!mechs.has(mech)) return duplicate
+        mechs.delete(mech)
+      } else {
+        if (mechs.has(mech)) return duplicate
+        mechs.add(mech)
+      }
+    } else if (negated) {
+      if ((methods & bits) === 0) return duplicate
+      methods &= ~bits
+    } else {
+      if ((methods & bits) === bits) return duplicate
+      methods |= bits
+    }
+  }
+  return Result.succeed(undefined)
+}
+
+/** The SCRAM key checks of `pqConnectOptions2` (base64 of a 32-byte key). */
+const checkScramKey = (value: string, which: "client" | "server"): Result.Result<void, InvalidOption> => {
+  const decoded = Base64.decode(value.replace(/[ \t\n\r]/g, ""))
+  if (Result.isFailure(decoded)) return fail(`invalid SCRAM ${which} key`)
+  if (decoded.success.length !== 32) return fail(`invalid SCRAM ${which} key length: ${decoded.success.length}`)
+  return Result.succeed(undefined)
+}
+
+/** Keeps string values, rejects unknown keywords, maps the deprecated `requiressl` like `conninfo_storeval`. */
+const normalize = (
+  record: Readonly<Record<string, string | undefined>>,
+  skipEmpty: boolean
+): Result.Result<Record<string, string>, InvalidOption> => {
+  const out: Record<string, string> = {}
+  for (const key of Object.keys(record)) {
+    const value = record[key]
+    if (typeof value !== "string" || (skipEmpty && value === "")) continue
+    if (key === "requiressl") out.sslmode = value[0] === "1" ? "require" : "prefer"
+    else if (internal.isKeyword(key)) out[key] = value
+    else return fail(`invalid connection option "${key}"`)
+  }
+  return Result.succeed(out)
+}
+
+const nonEmpty = (s: string | undefined): string | undefined => s === undefined || s === "" ? undefined : s
+
+/**
+ * Validates raw options like libpq's `pqConnectOptions2` (plus the integer parsing libpq does when connecting) and
+ * derives the cancel-relevant {@link ConnectionOptions}. Missing keywords take their built-in defaults (not the
+ * environment: apply {@link withDefaults} first for that). Checks, in libpq's order and with its messages:
+ *
+ * - unknown keywords: `invalid connection option "%s"`; `service` (not supported here): an `InvalidOption`
+ * - host / hostaddr / port lists: `could not match %d host names to %d hostaddr values`,
+ *   `could not match %d port numbers to %d hosts`
+ * - `require_auth`, `channel_binding`, `sslmode`, `sslnegotiation` (and `weak sslmode "%s" may not be used with
+ *   sslnegotiation=direct …`), `sslrootcert=system` (`weak sslmode "%s" may not be used with sslrootcert=system …`),
+ *   `ssl_min/max_protocol_version` (`invalid SSL protocol version range`), `sslcertmode`, `gssencmode`,
+ *   `target_session_attrs`, `scram_client_key`/`scram_server_key`, `load_balance_hosts`,
+ *   `min/max_protocol_version` (`"min_protocol_version" is greater than "max_protocol_version"`)
+ * - then `connect_timeout`, ports (`invalid port number: "%s"`), `keepalives*`, `tcp_user_timeout`:
+ *   `invalid integer value "%s" for connection option "%s"`
+ *
+ * Options used only for authentication or after it are validated as libpq does and otherwise ignored.
+ * `gssencmode=require` is kept as is (libpq built without GSSAPI would reject it; the GSS capability check is the
+ * transport's job).
+ *
+ * @category resolving
+ * @since 0.1.0
+ */
+export const resolve = (raw: Readonly<Record<string, string | undefined>>): Result.Result<
+  ConnectionOptions,
+  InvalidOption
+> => {
+  const normalized = normalize(raw, false)
+  if (Result.isFailure(normalized)) return Result.fail(normalized.failure)
+  const o = internal.withDefaults(normalized.success, {})
+  const get = (keyword: string): string | undefined => Object.hasOwn(o, keyword) ? o[keyword] : undefined
+
+  const service = get("service")
+  if (service !== undefined) {
+    return fail(
+      `connection service files are not supported (service "${service}"); pass the service's options explicitly`
+    )
+  }
+
+  // hosts
+  const pghost = nonEmpty(get("host"))
+  const pghostaddr = nonEmpty(get("hostaddr"))
+  const nconnhost = pghostaddr !== undefined
+    ? countElems(pghostaddr)
+    : pghost !== undefined
+    ? countElems(pghost)
+    : 1
+  const hostaddrs = pghostaddr !== undefined ? pghostaddr.split(",") : []
+  const hostnames = pghost !== undefined ? pghost.split(",") : []
+  if (pghost !== undefined && hostnames.length !== nconnhost) {
+    return fail(`could not match ${hostnames.length} host names to ${nconnhost} hostaddr values`)
+  }
+  const pgport = nonEmpty(get("port"))
+  let ports: ReadonlyArray<string> = []
+  if (pgport !== undefined) {
+    const list = pgport.split(",")
+    if (list.length === 1) ports = Array.from({ length: nconnhost }, () => list[0]!)
+    else if (list.length !== nconnhost) {
+      return fail(`could not match ${list.length} port numbers to ${nconnhost} hosts`)
+    } else ports = list
+  }
+
+  // require_auth
+  const requireAuth = get("require_auth")
+  if (requireAuth !== undefined && requireAuth !== "") {
+    const r = checkRequireAuth(requireAuth)
+    if (Result.isFailure(r)) return Result.fail(r.failure)
+  }
+
+  // channel_binding
+  const channelBinding = get("channel_binding")
+  if (channelBinding !== undefined && !["disable", "prefer", "require"].includes(channelBinding)) {
+    return invalidValue("channel_binding", channelBinding)
+  }
+
+  // sslmode
+  const sslmodeRaw = get("sslmode") ?? "prefer"
+  if (!SSL_MODES.includes(sslmodeRaw)) return invalidValue("sslmode", sslmodeRaw)
+  const sslmode = sslmodeRaw as SslMode
+
+  // sslnegotiation
+  const sslnegotiationRaw = get("sslnegotiation") ?? "postgres"
+  if (sslnegotiationRaw !== "postgres" && sslnegotiationRaw !== "direct") {
+    return invalidValue("sslnegotiation", sslnegotiationRaw)
+  }
+  const sslnegotiation: SslNegotiation = sslnegotiationRaw
+  if (sslnegotiation === "direct" && sslmode[0] !== "r" && sslmode[0] !== "v") {
+    return fail(
+      `weak sslmode "${sslmode}" may not be used with sslnegotiation=direct (use "require", "verify-ca", or "verify-full")`
+    )
+  }
+
+  // sslrootcert=system
+  const sslrootcert = get("sslrootcert")
+  if (sslrootcert === "system" && sslmode !== "verify-full") {
+    return fail(`weak sslmode "${sslmode}" may not be used with sslrootcert=system (use "verify-full")`)
+  }
+
+  // ssl_min/max_protocol_version
+  const sslMin = nonEmpty(get("ssl_min_protocol_version"))
+  const sslMax = nonEmpty(get("ssl_max_protocol_version"))
+  const sslMinIndex = sslMin === undefined ? -1 : tlsVersionIndex(sslMin)
+  const sslMaxIndex = sslMax === undefined ? -1 : tlsVersionIndex(sslMax)
+  if (sslMin !== undefined && sslMinIndex < 0) return invalidValue("ssl_min_protocol_version", sslMin)
+  if (sslMax !== undefined && sslMaxIndex < 0) return invalidValue("ssl_max_protocol_version", sslMax)
+  if (sslMin !== undefined && sslMax !== undefined && sslMinIndex > sslMaxIndex) {
+    return fail("invalid SSL protocol version range")
+  }
+
+  // sslcertmode
+  const sslcertmode = get("sslcertmode")
+  if (sslcertmode !== undefined && !["disable", "allow", "require"].includes(sslcertmode)) {
+    return invalidValue("sslcertmode", sslcertmode)
+  }
+
+  // gssencmode
+  const gssencmodeRaw = get("gssencmode") ?? "prefer"
+  if (gssencmodeRaw !== "disable" && gssencmodeRaw !== "prefer" && gssencmodeRaw !== "require") {
+    return invalidValue("gssencmode", gssencmodeRaw)
+  }
+  const gssencmode: GssEncMode = gssencmodeRaw
+
+  // target_session_attrs
+  const targetSessionAttrs = get("target_session_attrs")
+  if (targetSessionAttrs !== undefined && !TARGET_SESSION_ATTRS.includes(targetSessionAttrs)) {
+    return invalidValue("target_session_attrs", targetSessionAttrs)
+  }
+
+  // scram keys
+  const scramClientKey = nonEmpty(get("scram_client_key"))
+  if (scramClientKey !== undefined) {
+    const r = checkScramKey(scramClientKey, "client")
+    if (Result.isFailure(r)) return Result.fail(r.failure)
+  }
+  const scramServerKey = nonEmpty(get("scram_server_key"))
+  if (scramServerKey !== undefined) {
+    const r = checkScramKey(scramServerKey, "server")
+    if (Result.isFailure(r)) return Result.fail(r.failure)
+  }
+
+  // load_balance_hosts
+  const loadBalanceHosts = get("load_balance_hosts")
+  if (loadBalanceHosts !== undefined && loadBalanceHosts !== "disable" && loadBalanceHosts !== "random") {
+    return invalidValue("load_balance_hosts", loadBalanceHosts)
+  }
+
+  // min/max_protocol_version
+  const minRaw = get("min_protocol_version")
+  let minProtocolVersion: "3.0" | "3.2" = "3.0"
+  if (minRaw !== undefined) {
+    const r = parseProtocolVersion(minRaw, "min_protocol_version")
+    if (Result.isFailure(r)) return Result.fail(r.failure)
+    minProtocolVersion = r.success
+  }
+  const maxRaw = get("max_protocol_version")
+  let maxProtocolVersion: "3.0" | "3.2" = minProtocolVersion === "3.2" ? "3.2" : "3.0"
+  if (maxRaw !== undefined) {
+    const r = parseProtocolVersion(maxRaw, "max_protocol_version")
+    if (Result.isFailure(r)) return Result.fail(r.failure)
+    maxProtocolVersion = r.success
+  }
+  if (minProtocolVersion === "3.2" && maxProtocolVersion === "3.0") {
+    return fail("\"min_protocol_version\" is greater than \"max_protocol_version\"")
+  }
+
+  // connect-time integer options
+  const hosts: Array<HostEntry> = []
+  for (let i = 0; i < nconnhost; i++) {
+    const portString = ports[i]
+    let port = DEFAULT_PORT
+    if (portString !== undefined && portString !== "") {
+      const r = parseIntParam(portString, "port")
+      if (Result.isFailure(r)) return Result.fail(r.failure)
+      if (r.success < 1 || r.success > 65535) return fail(`invalid port number: "${portString}"`)
+      port = r.success
+    }
+    const hostaddr = nonEmpty(hostaddrs[i])
+    const host = nonEmpty(hostnames[i])
+    if (hostaddr !== undefined) hosts.push({ _tag: "Tcp", host, hostaddr, port })
+    else if (host !== undefined) {
+      hosts.push(
+        host[0] === "/" || host[0] === "@"
+          ? { _tag: "Unix", directory: host, port }
+          : { _tag: "Tcp", host, hostaddr: undefined, port }
+      )
+    } else hosts.push({ _tag: "Unix", directory: DEFAULT_SOCKET_DIR, port })
+  }
+
+  const optionalInt = (keyword: string): Result.Result<number | undefined, InvalidOption> => {
+    const value = get(keyword)
+    return value === undefined ? Result.succeed(undefined) : parseIntParam(value, keyword)
+  }
+  const nonNegative = (n: number | undefined): number | undefined => n === undefined ? undefined : Math.max(0, n)
+
+  const connectTimeout = optionalInt("connect_timeout")
+  if (Result.isFailure(connectTimeout)) return Result.fail(connectTimeout.failure)
+  const keepalives = optionalInt("keepalives")
+  if (Result.isFailure(keepalives)) return Result.fail(keepalives.failure)
+  const keepalivesIdle = optionalInt("keepalives_idle")
+  if (Result.isFailure(keepalivesIdle)) return Result.fail(keepalivesIdle.failure)
+  const keepalivesInterval = optionalInt("keepalives_interval")
+  if (Result.isFailure(keepalivesInterval)) return Result.fail(keepalivesInterval.failure)
+  const keepalivesCount = optionalInt("keepalives_count")
+  if (Result.isFailure(keepalivesCount)) return Result.fail(keepalivesCount.failure)
+  const tcpUserTimeout = optionalInt("tcp_user_timeout")
+  if (Result.isFailure(tcpUserTimeout)) return Result.fail(tcpUserTimeout.failure)
+
+  const timeout = connectTimeout.success
+  const sslpassword = get("sslpassword")
+  return Result.succeed({
+    hosts,
+    connectTimeout: timeout === undefined || timeout <= 0 ? undefined : timeout === 1 ? 2 : timeout,
+    keepalives: keepalives.success === undefined || keepalives.success !== 0,
+    keepalivesIdle: nonNegative(keepalivesIdle.success),
+    keepalivesInterval: nonNegative(keepalivesInterval.success),
+    keepalivesCount: nonNegative(keepalivesCount.success),
+    tcpUserTimeout: nonNegative(tcpUserTimeout.success),
+    sslmode,
+    sslnegotiation,
+    gssencmode,
+    sslrootcert: nonEmpty(sslrootcert),
+    sslcert: nonEmpty(get("sslcert")),
+    sslkey: nonEmpty(get("sslkey")),
+    sslpassword: sslpassword === undefined ? undefined : Redacted.make(sslpassword, { label: "sslpassword" }),
+    sslcrl: nonEmpty(get("sslcrl")),
+    sslcrldir: nonEmpty(get("sslcrldir")),
+    sslsni: (get("sslsni") ?? "1")[0] === "1",
+    sslMinProtocolVersion: sslMinIndex < 0 ? undefined : TLS_VERSIONS[sslMinIndex],
+    sslMaxProtocolVersion: sslMaxIndex < 0 ? undefined : TLS_VERSIONS[sslMaxIndex],
+    minProtocolVersion,
+    maxProtocolVersion,
+    requirepeer: nonEmpty(get("requirepeer")),
+    krbsrvname: get("krbsrvname")
+  })
+}
+
+/**
+ * Like `PQconnectdbParams` (without `expand_dbname`): keyword → value pairs, where `undefined` and "" mean "not
+ * set"; unknown keywords fail with `invalid connection option "%s"`. Then environment defaults and {@link resolve}.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const fromParams = (
+  params: Readonly<Record<string, string | undefined>>,
+  env: Env = {}
+): Result.Result<ConnectionOptions, InvalidOption> => {
+  const options = normalize(params, true)
+  return Result.isFailure(options) ? Result.fail(options.failure) : resolve(internal.withDefaults(options.success, env))
+}
+
+/**
+ * {@link parse} + {@link withDefaults} (environment, then built-in defaults) + {@link resolve}, as a `Result`.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const fromStringResult = (s: string, env: Env = {}): Result.Result<ConnectionOptions, InvalidOption> =>
+  Result.flatMap(internal.parse(s), (raw) => resolve(internal.withDefaults(raw, env)))
+
+/**
+ * Parses a connection string (URI or keyword/value), applies the given environment's `PG*` variables and libpq's
+ * built-in defaults, and validates the result like libpq. Without `env`, no environment variables are used.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const fromString = (s: string, env: Env = {}): Effect.Effect<ConnectionOptions, InvalidOption> =>
+  Effect.suspend(() => Effect.fromResult(fromStringResult(s, env)))

@@ -26,8 +26,8 @@
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import type { CancelKey } from "./CancelKey.ts"
 import * as CancelConnection from "./CancelConnection.ts"
+import type { CancelKey } from "./CancelKey.ts"
 import type { RemoteAddress } from "./CancelMachine.ts"
 import type { ConnectionOptions, HostEntry } from "./ConnectionOptions.ts"
 import type { Transport } from "./Transport.ts"
@@ -95,11 +95,14 @@ export const cancel = (
     return Effect.succeed({ ok: false, error: "PQcancel() -- no cancellation key received\n" })
   }
   return Effect.scoped(
-    Effect.flatMap(CancelConnection.makeLegacy(handle), (connection) =>
-      connection.blocking({ timeout: options?.timeout ?? DEFAULT_TIMEOUT }).pipe(
-        Effect.as<LegacyResult>({ ok: true }),
-        Effect.catch((error) => Effect.succeed<LegacyResult>({ ok: false, error: `${error.message}\n` }))
-      ))
+    Effect.flatMap(
+      CancelConnection.makeLegacy(handle),
+      (connection) =>
+        connection.blocking({ timeout: options?.timeout ?? DEFAULT_TIMEOUT }).pipe(
+          Effect.as<LegacyResult>({ ok: true }),
+          Effect.catch((error) => Effect.succeed<LegacyResult>({ ok: false, error: `${error.message}\n` }))
+        )
+    )
   )
 }
 

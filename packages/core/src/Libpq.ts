@@ -118,8 +118,7 @@ export const PQcancelErrorMessage = (cancelConn: CancelConnection.CancelConnecti
  * @category combinators
  * @since 0.1.0
  */
-export const PQcancelReset = (cancelConn: CancelConnection.CancelConnection): Effect.Effect<void> =>
-  cancelConn.reset
+export const PQcancelReset = (cancelConn: CancelConnection.CancelConnection): Effect.Effect<void> => cancelConn.reset
 
 /**
  * `PQcancelFinish`.
@@ -127,8 +126,7 @@ export const PQcancelReset = (cancelConn: CancelConnection.CancelConnection): Ef
  * @category destructors
  * @since 0.1.0
  */
-export const PQcancelFinish = (cancelConn: CancelConnection.CancelConnection): Effect.Effect<void> =>
-  cancelConn.finish
+export const PQcancelFinish = (cancelConn: CancelConnection.CancelConnection): Effect.Effect<void> => cancelConn.finish
 
 /**
  * `PQgetCancel`.

@@ -18,6 +18,7 @@ import * as Redacted from "effect/Redacted"
 import * as Result from "effect/Result"
 import { ProtocolError } from "./CancelError.ts"
 import type { CancelKey, ProtocolVersion } from "./CancelKey.ts"
+import { utf8Decode } from "./internal/conninfoText.ts"
 
 /**
  * `CancelRequest` code (1234 << 16 | 5678).
@@ -303,53 +304,6 @@ export const classifyNegotiationResponse = (byte: number, kind: "ssl" | "gss"): 
   }
 }
 
-const decodeUtf8 = (bytes: Uint8Array, start: number, end: number): string => {
-  let out = ""
-  let i = start
-  while (i < end) {
-    const b = bytes[i]!
-    if (b < 0x80) {
-      out += String.fromCharCode(b)
-      i++
-      continue
-    }
-    let need: number
-    let cp: number
-    let min: number
-    if (b >= 0xc2 && b <= 0xdf) {
-      need = 1
-      cp = b & 0x1f
-      min = 0x80
-    } else if (b >= 0xe0 && b <= 0xef) {
-      need = 2
-      cp = b & 0x0f
-      min = 0x800
-    } else if (b >= 0xf0 && b <= 0xf4) {
-      need = 3
-      cp = b & 0x07
-      min = 0x10000
-    } else {
-      out += "\uFFFD"
-      i++
-      continue
-    }
-    let j = 1
-    for (; j <= need; j++) {
-      const c = i + j < end ? bytes[i + j]! : -1
-      if ((c & 0xc0) !== 0x80) break
-      cp = (cp << 6) | (c & 0x3f)
-    }
-    if (j <= need || cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
-      out += "\uFFFD"
-      i++
-      continue
-    }
-    out += String.fromCodePoint(cp)
-    i += need + 1
-  }
-  return out
-}
-
 /**
  * Decodes the body of an `ErrorResponse` / `NoticeResponse` (after the type byte and length word) into its fields,
  * keyed by the one-letter field code (`S`, `V`, `C`, `M`, `D`, `H`, …; a repeated code keeps the last value).
@@ -375,7 +329,7 @@ export const decodeErrorResponse = (
     const start = i + 1
     const end = body.indexOf(0, start)
     if (end < 0) break
-    fields[String.fromCharCode(code)] = decodeUtf8(body, start, end)
+    fields[String.fromCharCode(code)] = utf8Decode(body, start, end)
     i = end + 1
   }
   return fail("message contents do not agree with length in message type \"E\"")

@@ -13,6 +13,11 @@ export * as CancelConnection from "./CancelConnection.ts"
 /**
  * @since 0.1.0
  */
+export * as CancelOnInterrupt from "./CancelOnInterrupt.ts"
+
+/**
+ * @since 0.1.0
+ */
 export * as CancelError from "./CancelError.ts"
 
 /**

@@ -140,7 +140,9 @@ const checkHostName = (host: string, cert: Tls.PeerCertificate): Error | undefin
   const others = names.length - 1
   const message = others <= 0
     ? `server certificate for "${first}" does not match host name "${host}"`
-    : `server certificate for "${first}" (and ${others} other name${others === 1 ? "" : "s"}) does not match host name "${host}"`
+    : `server certificate for "${first}" (and ${others} other name${
+      others === 1 ? "" : "s"
+    }) does not match host name "${host}"`
   return new Error(message)
 }
 

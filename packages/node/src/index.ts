@@ -8,3 +8,8 @@
  * @since 0.1.0
  */
 export * as NodeTransport from "./NodeTransport.ts"
+
+/**
+ * @since 0.1.0
+ */
+export * as PgAdapter from "./PgAdapter.ts"
