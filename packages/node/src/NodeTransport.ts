@@ -143,8 +143,10 @@ const checkHostName = (host: string, cert: Tls.PeerCertificate): Error | undefin
     : `server certificate for "${first}" (and ${others} other name${
       others === 1 ? "" : "s"
     }) does not match host name "${host}"`
-  return new Error(message)
+  return Object.assign(new Error(message), { code: HOST_MISMATCH })
 }
+
+const HOST_MISMATCH = "PQCANCEL_HOST_MISMATCH"
 
 const tlsErrorText = (error: NodeJS.ErrnoException): string => {
   const code = error.code ?? ""
@@ -156,7 +158,8 @@ const tlsErrorText = (error: NodeJS.ErrnoException): string => {
   ) {
     return "SSL error: certificate verify failed"
   }
-  if (code === "ERR_TLS_CERT_ALTNAME_INVALID") return error.message
+  // libpq reports a host name mismatch without the "SSL error: " prefix
+  if (code === HOST_MISMATCH || code === "ERR_TLS_CERT_ALTNAME_INVALID") return error.message
   if (code === "ECONNRESET" || code === "EPIPE") return "SSL SYSCALL error: EOF detected"
   return `SSL error: ${error.message}`
 }
@@ -257,7 +260,9 @@ const connect = (request: TransportNs.ConnectRequest): Effect.Effect<TransportNs
           emit({ _tag: "TlsEstablished", alpn: typeof alpn === "string" ? alpn : false })
         })
         secure.on("data", onData)
-        secure.on("end", onEnd)
+        // the server hung up during the handshake: libpq's "SSL SYSCALL error: EOF detected"
+        secure.on("end", () =>
+          secured ? onEnd() : emit({ _tag: "TlsFailed", message: "SSL SYSCALL error: EOF detected" }))
         secure.on("error", (error: NodeJS.ErrnoException) => {
           emit(
             secured

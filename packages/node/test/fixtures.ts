@@ -5,9 +5,15 @@ import { assert } from "@effect/vitest"
 import { CancelKey, ConnectionOptions } from "@pqcancel/core"
 import type { CancelError } from "@pqcancel/core"
 import type { CancelConnection } from "@pqcancel/core"
-import type { EmbeddedPostgres } from "@pqcancel/test-utils"
+import { CancelConnection as CancelConnectionModule } from "@pqcancel/core"
+import { NodeTransport } from "@pqcancel/node"
+import { EmbeddedPostgres } from "@pqcancel/test-utils"
 import { TestSession } from "@pqcancel/test-utils"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
+import * as Stream from "effect/Stream"
 
 /** The SessionInfo of a TestSession, with the cancel's options parsed from `conninfo` */
 export const sessionInfo = (
@@ -47,3 +53,36 @@ export const conninfo = (
   transport: "tcp" | "tcp6" | "unix",
   extra: Record<string, string> = {}
 ): string => cluster.conninfo(transport, { connect_timeout: "10", ...extra })
+
+/** Runs one blocking cancel and reports its outcome and every status it went through */
+export const runCancel = Effect.fnUntraced(function*(info: CancelConnection.SessionInfo) {
+  const connection = yield* CancelConnectionModule.make(info)
+  const statuses: Array<string> = []
+  const watching = yield* Deferred.make<void>()
+  yield* connection.changes.pipe(
+    Stream.runForEach((t) =>
+      Effect.andThen(Deferred.succeed(watching, undefined), Effect.sync(() => statuses.push(t.status)))
+    ),
+    Effect.forkScoped
+  )
+  yield* Deferred.await(watching)
+  const exit = yield* Effect.exit(connection.blocking())
+  const error = Exit.isFailure(exit) ? Option.getOrUndefined(Exit.findErrorOption(exit)) : undefined
+  return { ok: Exit.isSuccess(exit), error: error?.message, errorTag: error?._tag, statuses, connection }
+}, Effect.scoped)
+
+/** Starts a sleeping query on a fresh session (TLS by SSLRequest unless `tls` says otherwise) and cancels it with
+ * the given conninfo keywords */
+export const cancelWith = (
+  extra: (cluster: EmbeddedPostgres.Cluster) => Record<string, string>,
+  sessionOptions: Partial<TestSession.ConnectOptions> = { tls: "sslrequest" }
+) =>
+  Effect.gen(function*() {
+    const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+    const session = yield* TestSession.connectTo(cluster, sessionOptions)
+    const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+    const info = yield* sessionInfo(session, conninfo(cluster, "tcp", extra(cluster)))
+    const pending = yield* sleepingQuery(session, monitor)
+    const outcome = yield* runCancel(info)
+    return { ...outcome, pending, session, monitor, cluster }
+  }).pipe(Effect.provide(NodeTransport.layer))

@@ -1,0 +1,113 @@
+/**
+ * Every sslmode and sslnegotiation against a TLS server, each with libpq's outcome; verify-full with a wrong host
+ * name and verify-ca with a wrong CA fail before any key is sent (the query keeps running).
+ */
+import { assert, layer } from "@effect/vitest"
+import { NodeTransport } from "@pqcancel/node"
+import { EmbeddedPostgres } from "@pqcancel/test-utils"
+import * as Effect from "effect/Effect"
+import { assertCancelled, cancelWith, conninfo, runCancel, sessionInfo } from "./fixtures.ts"
+
+layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 seconds" })(
+  "sslmode against a TLS server",
+  (it) => {
+    for (const sslmode of ["disable", "allow"] as const) {
+      it.effect(`sslmode=${sslmode} cancels in plaintext`, () =>
+        Effect.gen(function*() {
+          const result = yield* cancelWith(() => ({ sslmode }))
+          assert.isTrue(result.ok, result.error)
+          assert.notInclude(result.statuses, "SSL_STARTUP")
+          yield* assertCancelled(result.pending)
+        }))
+    }
+
+    for (const sslmode of ["prefer", "require", "verify-ca", "verify-full"] as const) {
+      it.effect(`sslmode=${sslmode} cancels over TLS (SSLRequest)`, () =>
+        Effect.gen(function*() {
+          const result = yield* cancelWith((c) => ({ sslmode, sslrootcert: c.caCertPath, host: "localhost" }))
+          assert.isTrue(result.ok, result.error)
+          assert.deepStrictEqual(result.statuses, ["ALLOCATED", "STARTED", "SSL_STARTUP", "AWAITING_RESPONSE", "OK"])
+          yield* assertCancelled(result.pending)
+        }))
+    }
+
+    for (const sslmode of ["require", "verify-ca", "verify-full"] as const) {
+      it.effect(`sslmode=${sslmode} sslnegotiation=direct cancels over direct TLS`, () =>
+        Effect.gen(function*() {
+          const result = yield* cancelWith((c) => ({
+            sslmode,
+            sslnegotiation: "direct",
+            sslrootcert: c.caCertPath,
+            host: "localhost"
+          }))
+          assert.isTrue(result.ok, result.error)
+          assert.include(result.statuses, "SSL_STARTUP")
+          yield* assertCancelled(result.pending)
+        }))
+    }
+
+    it.effect("verify-full with a wrong host name fails before the key is sent", () =>
+      Effect.gen(function*() {
+        const result = yield* cancelWith((c) => ({
+          sslmode: "verify-full",
+          sslrootcert: c.caCertPath,
+          host: "wrong.example",
+          hostaddr: "127.0.0.1"
+        }))
+        assert.isFalse(result.ok)
+        assert.strictEqual(result.errorTag, "CancelFailed")
+        assert.strictEqual(
+          result.error,
+          `connection to server at "127.0.0.1", port ${result.cluster.port} failed: ` +
+            `server certificate for "localhost" (and 2 other names) does not match host name "wrong.example"`
+        )
+        // the query was not cancelled: it is still sleeping
+        const still = yield* result.monitor.query(
+          `SELECT wait_event FROM pg_stat_activity WHERE pid = ${result.session.backendKey.pid}`
+        )
+        assert.deepStrictEqual(still._tag === "Ok" ? still.rows : still, [["PgSleep"]])
+      }))
+
+    it.effect("verify-ca with a wrong CA fails before the key is sent", () =>
+      Effect.gen(function*() {
+        const result = yield* cancelWith((c) => ({ sslmode: "verify-ca", sslrootcert: c.wrongCaCertPath }))
+        assert.isFalse(result.ok)
+        assert.match(result.error ?? "", /failed: SSL error: certificate verify failed$/)
+        const still = yield* result.monitor.query(
+          `SELECT wait_event FROM pg_stat_activity WHERE pid = ${result.session.backendKey.pid}`
+        )
+        assert.deepStrictEqual(still._tag === "Ok" ? still.rows : still, [["PgSleep"]])
+      }))
+
+    it.effect("verify-full without a root certificate fails with libpq's text", () =>
+      Effect.gen(function*() {
+        const result = yield* cancelWith(() => ({ sslmode: "verify-full", sslrootcert: "/nonexistent/root.crt" }))
+        assert.isFalse(result.ok)
+        assert.include(result.error ?? "", "root certificate file \"/nonexistent/root.crt\" does not exist")
+      }))
+
+    it.effect("prefer falls back to plaintext on a new socket when the handshake fails", () =>
+      Effect.gen(function*() {
+        const result = yield* cancelWith((c) => ({ sslmode: "prefer", sslrootcert: c.wrongCaCertPath }))
+        assert.isTrue(result.ok, result.error)
+        assert.strictEqual(result.statuses.filter((s) => s === "STARTED").length, 2)
+        yield* assertCancelled(result.pending)
+      }))
+
+    it.effect("gssencmode=require fails with libpq's text (no GSS provider); prefer falls back", () =>
+      Effect.gen(function*() {
+        const required = yield* cancelWith(() => ({ sslmode: "disable", gssencmode: "require" }))
+        assert.isFalse(required.ok)
+        assert.strictEqual(required.error, "GSSAPI encryption required but no credential cache")
+        const preferred = yield* cancelWith(() => ({ sslmode: "disable", gssencmode: "prefer" }))
+        assert.isTrue(preferred.ok, preferred.error)
+        yield* assertCancelled(preferred.pending)
+        // the first query is still running: end it
+        const cancelled = yield* runCancel(
+          yield* sessionInfo(required.session, conninfo(required.cluster, "tcp", { sslmode: "disable" }))
+        ).pipe(Effect.provide(NodeTransport.layer))
+        assert.isTrue(cancelled.ok)
+        yield* assertCancelled(required.pending)
+      }))
+  }
+)

@@ -1,0 +1,57 @@
+/**
+ * Against a server without TLS: prefer falls back to plaintext on the same socket after 'N'; require and
+ * verify-* refuse to send the key; direct TLS fails the handshake.
+ */
+import { assert, layer } from "@effect/vitest"
+import { EmbeddedPostgres } from "@pqcancel/test-utils"
+import * as Effect from "effect/Effect"
+import { assertCancelled, cancelWith } from "./fixtures.ts"
+
+const plaintextSession = { tls: "disable" } as const
+
+layer(EmbeddedPostgres.layer({ version: 18, tls: false }), { excludeTestServices: true, timeout: "60 seconds" })(
+  "sslmode against a server without TLS",
+  (it) => {
+    for (const sslmode of ["disable", "allow"] as const) {
+      it.effect(`sslmode=${sslmode} cancels in plaintext`, () =>
+        Effect.gen(function*() {
+          const result = yield* cancelWith(() => ({ sslmode }), plaintextSession)
+          assert.isTrue(result.ok, result.error)
+          yield* assertCancelled(result.pending)
+        }))
+    }
+
+    it.effect("sslmode=prefer gets 'N' and sends the cancel in plaintext on the same socket", () =>
+      Effect.gen(function*() {
+        const result = yield* cancelWith(() => ({ sslmode: "prefer" }), plaintextSession)
+        assert.isTrue(result.ok, result.error)
+        assert.deepStrictEqual(result.statuses, ["ALLOCATED", "STARTED", "SSL_STARTUP", "AWAITING_RESPONSE", "OK"])
+        yield* assertCancelled(result.pending)
+      }))
+
+    for (const sslmode of ["require", "verify-ca", "verify-full"] as const) {
+      it.effect(`sslmode=${sslmode} fails: server does not support SSL, but SSL was required`, () =>
+        Effect.gen(function*() {
+          const result = yield* cancelWith((c) => ({ sslmode, sslrootcert: c.caCertPath }), plaintextSession)
+          assert.isFalse(result.ok)
+          assert.strictEqual(
+            result.error,
+            `connection to server at "127.0.0.1", port ${result.cluster.port} failed: ` +
+              "server does not support SSL, but SSL was required"
+          )
+          const still = yield* result.monitor.query(
+            `SELECT wait_event FROM pg_stat_activity WHERE pid = ${result.session.backendKey.pid}`
+          )
+          assert.deepStrictEqual(still._tag === "Ok" ? still.rows : still, [["PgSleep"]])
+        }))
+    }
+
+    it.effect("sslnegotiation=direct fails the handshake and never sends the key", () =>
+      Effect.gen(function*() {
+        const result = yield* cancelWith(() => ({ sslmode: "require", sslnegotiation: "direct" }), plaintextSession)
+        assert.isFalse(result.ok)
+        assert.strictEqual(result.errorTag, "CancelFailed")
+        assert.match(result.error ?? "", /^connection to server at "127\.0\.0\.1", port \d+ failed: SSL/)
+      }))
+  }
+)
