@@ -1,0 +1,102 @@
+/**
+ * A cancel still works when max_connections is reached; a cancel with a wrong pid or key is "sent" with no effect;
+ * no socket or timer outlives the Scope of a cancel.
+ */
+import { assert, layer } from "@effect/vitest"
+import { CancelConnection, CancelKey } from "@pqcancel/core"
+import { NodeTransport } from "@pqcancel/node"
+import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
+import { assertCancelled, conninfo, sessionInfo, sleepingQuery } from "./fixtures.ts"
+
+const cluster = EmbeddedPostgres.layer({
+  version: 18,
+  maxConnections: 4,
+  settings: { superuser_reserved_connections: "0", reserved_connections: "0" }
+})
+
+// handles that can leak: sockets, TLS sessions, timers
+const openHandles = () =>
+  process.getActiveResourcesInfo().filter((r) =>
+    r === "TCPSocketWrap" || r === "TLSWrap" || r === "PipeWrap" || r === "Timeout"
+  )
+    .length
+
+layer(cluster, { excludeTestServices: true, concurrent: false, timeout: "60 seconds" })("limits", (it) => {
+  it.effect("a cancel works when max_connections is reached", () =>
+    Effect.gen(function*() {
+      const pg = yield* EmbeddedPostgres.EmbeddedPostgres
+      const session = yield* TestSession.connectTo(pg, {})
+      const monitor = yield* TestSession.connectTo(pg, { transport: "unix" })
+      const fillers = yield* Effect.all([TestSession.connectTo(pg, {}), TestSession.connectTo(pg, {})])
+      // the server is full now: a fifth session is refused with 53300
+      const refused = yield* Effect.flip(TestSession.connectTo(pg, {}))
+      assert.include(refused.message, "too many clients")
+      const info = yield* sessionInfo(session, conninfo(pg, "tcp", { sslmode: "prefer", sslrootcert: pg.caCertPath }))
+      const pending = yield* sleepingQuery(session, monitor)
+      yield* CancelConnection.cancel(info)
+      yield* assertCancelled(pending)
+      assert.strictEqual(fillers.length, 2)
+    }).pipe(Effect.provide(NodeTransport.layer)))
+
+  it.effect("a wrong key or a wrong pid is dispatched and has no effect", () =>
+    Effect.gen(function*() {
+      const pg = yield* EmbeddedPostgres.EmbeddedPostgres
+      const session = yield* TestSession.connectTo(pg, { protocol: "3.2" })
+      const monitor = yield* TestSession.connectTo(pg, { transport: "unix" })
+      const info = yield* sessionInfo(session, conninfo(pg, "tcp", { sslmode: "disable" }))
+      const pending = yield* sleepingQuery(session, monitor)
+      const key = info.key!
+      const wrongSecret = new Uint8Array(Redacted.value(key.secret))
+      wrongSecret[0] = wrongSecret[0]! ^ 0xff
+      const since = yield* pg.logSize
+      yield* CancelConnection.cancel({
+        ...info,
+        key: CancelKey.unsafeMake({ pid: key.pid, secret: wrongSecret, protocolVersion: "3.2" })
+      })
+      yield* pg.waitForLog(`wrong key in cancel request for process ${key.pid}`, { since })
+      yield* CancelConnection.cancel({
+        ...info,
+        key: CancelKey.unsafeMake({ pid: 1, secret: wrongSecret, protocolVersion: "3.2" })
+      })
+      yield* pg.waitForLog("PID 1 in cancel request did not match any process", { since })
+      const still = yield* monitor.query(`SELECT wait_event FROM pg_stat_activity WHERE pid = ${key.pid}`)
+      assert.deepStrictEqual(still._tag === "Ok" ? still.rows : still, [["PgSleep"]])
+      yield* CancelConnection.cancel(info)
+      yield* assertCancelled(pending)
+    }).pipe(Effect.provide(NodeTransport.layer)))
+
+  it.effect("no socket or timer outlives the Scope of a cancel (success, failure, interruption)", () =>
+    Effect.gen(function*() {
+      const pg = yield* EmbeddedPostgres.EmbeddedPostgres
+      const session = yield* TestSession.connectTo(pg, { tls: "sslrequest" })
+      const monitor = yield* TestSession.connectTo(pg, { transport: "unix" })
+      const info = yield* sessionInfo(
+        session,
+        conninfo(pg, "tcp", { sslmode: "verify-full", sslrootcert: pg.caCertPath, host: "localhost" })
+      )
+      const before = openHandles()
+      for (let i = 0; i < 3; i++) {
+        const pending = yield* sleepingQuery(session, monitor)
+        yield* CancelConnection.cancel(info)
+        yield* assertCancelled(pending)
+      }
+      // a failing cancel (wrong CA) and an interrupted one (a poll loop cut off by a timeout)
+      const failed = yield* Effect.flip(
+        CancelConnection.cancel({ ...info, options: { ...info.options, sslrootcert: pg.wrongCaCertPath } })
+      )
+      assert.strictEqual(failed._tag, "CancelFailed")
+      const interrupted = yield* Effect.scoped(
+        Effect.gen(function*() {
+          const connection = yield* CancelConnection.make(info)
+          yield* connection.start
+          return yield* connection.poll.pipe(Effect.forever, Effect.timeoutOption(0))
+        })
+      )
+      assert.isTrue(interrupted._tag === "None" || interrupted._tag === "Some")
+      // let Node finish closing what the Scopes destroyed
+      yield* Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
+      assert.isAtMost(openHandles(), before)
+    }).pipe(Effect.provide(NodeTransport.layer)))
+})
