@@ -90,14 +90,14 @@ export const cancelOnInterrupt = <A, E, R>(
                 ? Duration.seconds(5)
                 : Duration.seconds(options.session.options.connectTimeout))
             const sent = yield* Effect.exit(CancelConnection.cancel(options.session, { timeout: cancelTimeout }))
-            const ended = yield* Effect.timeoutOption(Fiber.await(fiber), options.drainTimeout ?? Duration.seconds(5))
-            const onUnsafe = options.onUnsafe
-            if (Exit.isFailure(sent) && onUnsafe !== undefined) {
+            const onUnsafe = options.onUnsafe ?? (() => Effect.void)
+            if (Exit.isFailure(sent)) {
+              // the cancel was not confirmed: retire the session now (this also ends the query)
               const error = Option.getOrUndefined(Exit.findErrorOption(sent))
               if (error !== undefined) yield* onUnsafe({ _tag: "CancelNotConfirmed", error })
-            } else if (Option.isNone(ended) && onUnsafe !== undefined) {
-              yield* onUnsafe({ _tag: "QueryDidNotEnd" })
             }
+            const ended = yield* Effect.timeoutOption(Fiber.await(fiber), options.drainTimeout ?? Duration.seconds(5))
+            if (Exit.isSuccess(sent) && Option.isNone(ended)) yield* onUnsafe({ _tag: "QueryDidNotEnd" })
             if (Option.isNone(ended)) yield* Fiber.interrupt(fiber)
           })
         )

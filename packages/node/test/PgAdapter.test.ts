@@ -1,0 +1,111 @@
+/**
+ * Interrupt the fiber ⇒ the query stops on the server: node-postgres sessions over TLS and unix sockets, the 57014
+ * never reaches the caller, the session is reusable, and a session whose cancel cannot be confirmed is ended.
+ */
+import { assert, layer } from "@effect/vitest"
+import { ConnectionOptions } from "@pqcancel/core"
+import { NodeTransport, PgAdapter } from "@pqcancel/node"
+import { EmbeddedPostgres } from "@pqcancel/test-utils"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Schedule from "effect/Schedule"
+import * as Fs from "node:fs"
+import pg from "pg"
+
+const connect = (config: pg.ClientConfig) =>
+  Effect.acquireRelease(
+    Effect.promise(async () => {
+      const client = new pg.Client(config)
+      await client.connect()
+      return client
+    }),
+    (client) => Effect.promise(() => client.end().catch(() => undefined))
+  )
+
+const waitSleeping = (monitor: pg.Client, pid: number) =>
+  Effect.promise(() => monitor.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep'", [pid]))
+    .pipe(
+      Effect.repeat({ schedule: Schedule.spaced("5 millis"), until: (r) => (r.rowCount ?? 0) > 0 }),
+      Effect.timeout("10 seconds")
+    )
+
+layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 seconds" })("PgAdapter", (it) => {
+  const cases = [
+    {
+      name: "TLS, sslmode=verify-full",
+      session: (c: EmbeddedPostgres.Cluster): pg.ClientConfig => ({
+        host: "localhost",
+        port: c.port,
+        user: "postgres",
+        ssl: { ca: Fs.readFileSync(c.caCertPath, "utf8"), servername: "localhost" }
+      }),
+      conninfo: (c: EmbeddedPostgres.Cluster) =>
+        `host=localhost port=${c.port} sslmode=verify-full sslrootcert=${c.caCertPath}`
+    },
+    {
+      name: "unix socket",
+      session: (c: EmbeddedPostgres.Cluster): pg.ClientConfig => ({
+        host: c.socketDir,
+        port: c.port,
+        user: "postgres"
+      }),
+      conninfo: (c: EmbeddedPostgres.Cluster) => `host=${c.socketDir} port=${c.port}`
+    }
+  ]
+  for (const testCase of cases) {
+    it.effect(`interrupting the fiber cancels the server query (${testCase.name})`, () =>
+      Effect.gen(function*() {
+        const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+        const client = yield* connect(testCase.session(cluster))
+        const monitor = yield* connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
+        const options = yield* ConnectionOptions.fromString(testCase.conninfo(cluster))
+        const info = yield* PgAdapter.sessionInfo(client, options)
+        const fiber = yield* PgAdapter.query(client, options, "SELECT pg_sleep(60)").pipe(Effect.forkChild)
+        yield* waitSleeping(monitor, info.key!.pid)
+        const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
+        // the caller sees an interruption, not the server's 57014
+        assert.isTrue(Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause))
+        // the server ended the query and the session is idle and reusable
+        const state = yield* Effect.promise(() =>
+          monitor.query("SELECT state FROM pg_stat_activity WHERE pid = $1", [info.key!.pid])
+        )
+        assert.strictEqual(state.rows[0]?.state, "idle")
+        const next = yield* PgAdapter.query(client, options, "SELECT 7 AS n")
+        assert.strictEqual(next.rows[0]?.n, 7)
+      }).pipe(Effect.provide(NodeTransport.layer)))
+  }
+
+  it.effect("a query that finishes is not cancelled and errors stay typed", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const client = yield* connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
+      const options = yield* ConnectionOptions.fromString(`host=${cluster.socketDir} port=${cluster.port}`)
+      const ok = yield* PgAdapter.query(client, options, "SELECT 1 AS one")
+      assert.strictEqual(ok.rows[0]?.one, 1)
+      const error = yield* Effect.flip(PgAdapter.query(client, options, "SELECT 1/0"))
+      assert.strictEqual(error._tag, "PgQueryError")
+      assert.strictEqual(error._tag === "PgQueryError" ? error.code : undefined, "22012")
+    }).pipe(Effect.provide(NodeTransport.layer)))
+
+  it.effect("a session whose cancel cannot be confirmed is ended, never reused", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const client = yield* connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
+      const monitor = yield* connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
+      // require TLS over TCP while the session is on a unix socket address: the cancel fails
+      const options = yield* ConnectionOptions.fromString(
+        `host=${cluster.socketDir} port=${cluster.port} gssencmode=require`
+      )
+      const info = yield* PgAdapter.sessionInfo(client, options)
+      let ended = false
+      client.once("end", () => {
+        ended = true
+      })
+      const fiber = yield* PgAdapter.query(client, options, "SELECT pg_sleep(60)").pipe(Effect.forkChild)
+      yield* waitSleeping(monitor, info.key!.pid)
+      yield* Fiber.interrupt(fiber)
+      assert.isTrue(ended)
+    }).pipe(Effect.provide(NodeTransport.layer)))
+})
