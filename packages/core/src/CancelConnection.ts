@@ -231,7 +231,6 @@ const makeWith = Effect.fnUntraced(function*(
       return apply(CancelMachine.Events.poll).pipe(Effect.map((step) => step.state.polling))
     }
     return Queue.take(connection.events).pipe(
-      Effect.catch(() => Effect.succeed(CancelMachine.Events.eof)),
       Effect.flatMap((event) =>
         // an event of a socket we already replaced is stale
         connection === live.connection ? apply(event) : Effect.succeed({ state: live.state })
@@ -261,10 +260,10 @@ const makeWith = Effect.fnUntraced(function*(
         : yield* Effect.timeoutOption(pollLoop, deadline)
       if (Option.isNone(outcome)) {
         yield* apply(CancelMachine.Events.deadline)
-        return yield* Effect.fail(new CancelTimeout({ message: stripNewline(live.state.error) }))
+        return yield* new CancelTimeout({ message: stripNewline(live.state.error) })
       }
       if (outcome.value !== "OK") {
-        return yield* Effect.fail(new CancelFailed({ message: stripNewline(live.state.error) }))
+        return yield* new CancelFailed({ message: stripNewline(live.state.error) })
       }
     }).pipe(lock.withPermits(1))
 

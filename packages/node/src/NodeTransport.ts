@@ -136,7 +136,8 @@ const checkHostName = (host: string, cert: Tls.PeerCertificate): Error | undefin
     .split(", ")
     .filter((n) => n.startsWith("DNS:") || n.startsWith("IP Address:"))
     .map((n) => n.replace(/^DNS:|^IP Address:/, ""))
-  const first = names[0] ?? cert.subject?.CN ?? ""
+  const cn = cert.subject?.CN
+  const first: string = names[0] ?? (typeof cn === "string" ? cn : "")
   const others = names.length - 1
   const message = others <= 0
     ? `server certificate for "${first}" does not match host name "${host}"`

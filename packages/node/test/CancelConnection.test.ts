@@ -6,7 +6,11 @@ import { testCancelSuite } from "./cancelSuite.ts"
 layer(EmbeddedPostgres.layer18, { timeout: "60 seconds", excludeTestServices: true })(
   "CancelConnection on PostgreSQL 18",
   (it) => {
-    describe("protocol 3.0", () => testCancelSuite(it, "3.0"))
-    describe("protocol 3.2", () => testCancelSuite(it, "3.2"))
+    describe("protocol 3.0", () => {
+      testCancelSuite(it, "3.0")
+    })
+    describe("protocol 3.2", () => {
+      testCancelSuite(it, "3.2")
+    })
   }
 )
