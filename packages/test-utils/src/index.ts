@@ -1,4 +1,34 @@
 /**
+ * Test utilities for pqcancel: a throwaway PostgreSQL cluster as a Layer, a minimal PostgreSQL client, a scriptable
+ * fake postmaster, TLS fixtures and arbitraries.
+ *
  * @since 0.1.0
  */
-export {}
+
+/**
+ * Property-test generators (protocol-valid cancel keys).
+ *
+ * @since 0.1.0
+ */
+export * as Arbitraries from "./Arbitraries.ts"
+
+/**
+ * Throwaway PostgreSQL 17/18 clusters as scoped services/layers, leak-proof via a watchdog process.
+ *
+ * @since 0.1.0
+ */
+export * as EmbeddedPostgres from "./EmbeddedPostgres.ts"
+
+/**
+ * A scriptable fake server for faults a real postmaster won't produce.
+ *
+ * @since 0.1.0
+ */
+export * as FakePostmaster from "./FakePostmaster.ts"
+
+/**
+ * The smallest honest PostgreSQL client a cancellation test needs.
+ *
+ * @since 0.1.0
+ */
+export * as TestSession from "./TestSession.ts"
