@@ -165,6 +165,11 @@ const tlsErrorText = (error: NodeJS.ErrnoException): string => {
   return `SSL error: ${error.message}`
 }
 
+const keyLoadError = (options: ConnectionOptions.ConnectionOptions, error: unknown): string => {
+  const reason = error instanceof Error ? error.message : String(error)
+  return `could not load private key file "${options.sslkey ?? userFile("postgresql.key")}": ${reason}`
+}
+
 const tlsOptions = (
   socket: Net.Socket,
   request: CancelMachine.TlsRequest,
@@ -253,7 +258,14 @@ const connect = (request: TransportNs.ConnectRequest): Effect.Effect<TransportNs
         raw.off("error", onError)
         raw.on("error", () => {})
         let secured = false
-        const secure = Tls.connect(tlsOptions(raw, tlsRequest, request.options, files))
+        let secure: Tls.TLSSocket
+        try {
+          secure = Tls.connect(tlsOptions(raw, tlsRequest, request.options, files))
+        } catch (error) {
+          // e.g. an encrypted client key with a wrong or missing sslpassword
+          emit({ _tag: "TlsFailed", message: keyLoadError(request.options, error) })
+          return
+        }
         active = secure
         secure.once("secureConnect", () => {
           secured = true

@@ -98,4 +98,19 @@ export const testCancelSuite = (it: It, protocol: "3.0" | "3.2") => {
       const next = yield* session.query("SELECT 42")
       assert.deepStrictEqual(next._tag === "Ok" ? next.rows : next, [["42"]])
     }).pipe(Effect.provide(NodeTransport.layer), EmbeddedPostgres.withServerLogOnFailure))
+
+  it.effect(`over a unix socket and over IPv6 (protocol ${protocol})`, () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+      const transports = cluster.host6 === undefined ? ["unix"] as const : ["unix", "tcp6"] as const
+      for (const transport of transports) {
+        const session = yield* TestSession.connectTo(cluster, { transport, protocol })
+        const info = yield* sessionInfo(session, conninfo(cluster, transport, { sslmode: "prefer" }))
+        assert.strictEqual(info.address._tag, transport === "unix" ? "Unix" : "Tcp")
+        const pending = yield* sleepingQuery(session, monitor)
+        yield* CancelConnection.cancel(info)
+        yield* assertCancelled(pending)
+      }
+    }).pipe(Effect.provide(NodeTransport.layer), EmbeddedPostgres.withServerLogOnFailure))
 }
