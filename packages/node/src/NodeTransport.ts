@@ -64,6 +64,8 @@ interface TlsFiles {
   readonly key: Buffer | undefined
   readonly crl: ReadonlyArray<Buffer> | undefined
   readonly error: string | undefined
+  /** built once per options object: parsing certificates and keys is the costly part of a TLS setup */
+  readonly secureContext: Tls.SecureContext | undefined
 }
 
 const readIfExists = (path: string): Buffer | undefined => {
@@ -73,6 +75,9 @@ const readIfExists = (path: string): Buffer | undefined => {
     return undefined
   }
 }
+
+const keyLoadError = (keyPath: string, error: unknown): string =>
+  `could not load private key file "${keyPath}": ${error instanceof Error ? error.message : String(error)}`
 
 // libpq's default file locations under ~/.postgresql
 const userFile = (name: string): string => Path.join(Os.homedir(), ".postgresql", name)
@@ -116,6 +121,27 @@ const tlsFiles = (options: ConnectionOptions.ConnectionOptions): TlsFiles => {
       // libpq ignores a missing CRL directory
     }
   }
+  let secureContext: Tls.SecureContext | undefined
+  if (error === undefined) {
+    try {
+      secureContext = Tls.createSecureContext({
+        ...(ca !== undefined ? { ca } : {}),
+        ...(cert !== undefined && key !== undefined
+          ? {
+            cert,
+            key,
+            ...(options.sslpassword !== undefined ? { passphrase: Redacted.value(options.sslpassword) } : {})
+          }
+          : {}),
+        ...(crls.length > 0 ? { crl: crls } : {}),
+        minVersion: options.sslMinProtocolVersion ?? "TLSv1.2",
+        ...(options.sslMaxProtocolVersion !== undefined ? { maxVersion: options.sslMaxProtocolVersion } : {})
+      })
+    } catch (cause) {
+      // e.g. an encrypted client key with a wrong or missing sslpassword
+      error = keyLoadError(keyPath, cause)
+    }
+  }
   const files: TlsFiles = {
     ca,
     useSystemCa,
@@ -123,7 +149,8 @@ const tlsFiles = (options: ConnectionOptions.ConnectionOptions): TlsFiles => {
     cert,
     key,
     crl: crls.length === 0 ? undefined : crls,
-    error
+    error,
+    secureContext
   }
   tlsFilesCache.set(options, files)
   return files
@@ -165,15 +192,9 @@ const tlsErrorText = (error: NodeJS.ErrnoException): string => {
   return `SSL error: ${error.message}`
 }
 
-const keyLoadError = (options: ConnectionOptions.ConnectionOptions, error: unknown): string => {
-  const reason = error instanceof Error ? error.message : String(error)
-  return `could not load private key file "${options.sslkey ?? userFile("postgresql.key")}": ${reason}`
-}
-
 const tlsOptions = (
   socket: Net.Socket,
   request: CancelMachine.TlsRequest,
-  options: ConnectionOptions.ConnectionOptions,
   files: TlsFiles
 ): Tls.ConnectionOptions => {
   const verifyChain = request.sslmode === "verify-ca" || request.sslmode === "verify-full" ||
@@ -183,17 +204,7 @@ const tlsOptions = (
     socket,
     ALPNProtocols: ["postgresql"],
     ...(request.servername !== undefined ? { servername: request.servername } : {}),
-    ...(files.ca !== undefined ? { ca: files.ca } : {}),
-    ...(files.cert !== undefined && files.key !== undefined
-      ? {
-        cert: files.cert,
-        key: files.key,
-        ...(options.sslpassword !== undefined ? { passphrase: Redacted.value(options.sslpassword) } : {})
-      }
-      : {}),
-    ...(files.crl !== undefined ? { crl: [...files.crl] } : {}),
-    minVersion: options.sslMinProtocolVersion ?? "TLSv1.2",
-    ...(options.sslMaxProtocolVersion !== undefined ? { maxVersion: options.sslMaxProtocolVersion } : {}),
+    ...(files.secureContext !== undefined ? { secureContext: files.secureContext } : {}),
     rejectUnauthorized: verifyChain,
     checkServerIdentity: (_name, cert) => verifyHost === undefined ? undefined : checkHostName(verifyHost, cert)
   }
@@ -258,14 +269,7 @@ const connect = (request: TransportNs.ConnectRequest): Effect.Effect<TransportNs
         raw.off("error", onError)
         raw.on("error", () => {})
         let secured = false
-        let secure: Tls.TLSSocket
-        try {
-          secure = Tls.connect(tlsOptions(raw, tlsRequest, request.options, files))
-        } catch (error) {
-          // e.g. an encrypted client key with a wrong or missing sslpassword
-          emit({ _tag: "TlsFailed", message: keyLoadError(request.options, error) })
-          return
-        }
+        const secure = Tls.connect(tlsOptions(raw, tlsRequest, files))
         active = secure
         secure.once("secureConnect", () => {
           secured = true
