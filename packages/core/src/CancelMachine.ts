@@ -107,7 +107,13 @@ export type Event =
   | { readonly _tag: "Poll" }
   | { readonly _tag: "Reset" }
   | { readonly _tag: "Connected" }
-  | { readonly _tag: "ConnectFailed"; readonly message: string }
+  | {
+    readonly _tag: "ConnectFailed"
+    /** the C library's text, e.g. `Connection refused` */
+    readonly message: string
+    /** the errno value, e.g. 111 (the legacy `PQcancel` prints only this: it cannot call strerror) */
+    readonly errno?: number | undefined
+  }
   | { readonly _tag: "Data"; readonly bytes: Uint8Array }
   | { readonly _tag: "Eof" }
   | { readonly _tag: "IoError"; readonly code: string | undefined; readonly message: string }
@@ -446,8 +452,9 @@ const readError = (event: { readonly code: string | undefined; readonly message:
   event.code === "ECONNRESET" || event.code === "EPIPE" ? Messages.serverClosed : Messages.receiveFailed(event.message)
 
 // libpq's connectFailureMessage (or PQcancel's "connect() failed")
-const connectFailure = (config: MachineConfig, reason: string): string => {
-  if (config.legacy) return `PQcancel() -- connect() failed: ${reason}`
+const connectFailure = (config: MachineConfig, reason: string, errno?: number | undefined): string => {
+  // PQcancel is signal-safe: no strerror, only "error <errno>"
+  if (config.legacy) return `PQcancel() -- connect() failed: ${errno === undefined ? reason : `error ${errno}`}`
   return `${reason}\n${config.address._tag === "Unix" ? Messages.unixHint : Messages.tcpHint}`
 }
 
@@ -493,7 +500,7 @@ export const step = (config: MachineConfig, state: State, event: Event): Step =>
       return bad(state, Messages.timeout)
     case "ConnectFailed": {
       if (state.status !== "STARTED") return result(state)
-      return bad(state, connectFailure(config, event.message))
+      return bad(state, connectFailure(config, event.message, event.errno))
     }
     case "Connected": {
       if (state.status !== "STARTED") return result(state)

@@ -90,9 +90,9 @@ export const cancel = (
   handle: CancelHandle | undefined,
   options?: { readonly timeout?: Duration.Input | undefined }
 ): Effect.Effect<LegacyResult, never, Transport> => {
-  if (handle === undefined) return Effect.succeed({ ok: false, error: "PQcancel() -- no cancel object supplied\n" })
+  if (handle === undefined) return Effect.succeed({ ok: false, error: "PQcancel() -- no cancel object supplied" })
   if (handle.key === undefined) {
-    return Effect.succeed({ ok: false, error: "PQcancel() -- no cancellation key received\n" })
+    return Effect.succeed({ ok: false, error: "PQcancel() -- no cancellation key received" })
   }
   return Effect.scoped(
     Effect.flatMap(

@@ -189,7 +189,9 @@ const tlsErrorText = (error: NodeJS.ErrnoException): string => {
   // libpq reports a host name mismatch without the "SSL error: " prefix
   if (code === HOST_MISMATCH || code === "ERR_TLS_CERT_ALTNAME_INVALID") return error.message
   if (code === "ECONNRESET" || code === "EPIPE") return "SSL SYSCALL error: EOF detected"
-  return `SSL error: ${error.message}`
+  // OpenSSL's reason, e.g. "wrong version number", as libpq prints it
+  const reason = (error as { readonly reason?: unknown }).reason
+  return `SSL error: ${typeof reason === "string" && reason !== "" ? reason : error.message.trim()}`
 }
 
 const tlsOptions = (
@@ -239,7 +241,11 @@ const connect = (request: TransportNs.ConnectRequest): Effect.Effect<TransportNs
       emit(
         connected
           ? { _tag: "IoError", code: error.code, message: errorText(error) }
-          : { _tag: "ConnectFailed", message: errorText(error) }
+          : {
+            _tag: "ConnectFailed",
+            message: errorText(error),
+            errno: typeof error.errno === "number" ? Math.abs(error.errno) : undefined
+          }
       )
     }
     raw.on("data", onData)
