@@ -452,7 +452,7 @@ const readError = (event: { readonly code: string | undefined; readonly message:
   event.code === "ECONNRESET" || event.code === "EPIPE" ? Messages.serverClosed : Messages.receiveFailed(event.message)
 
 // libpq's connectFailureMessage (or PQcancel's "connect() failed")
-const connectFailure = (config: MachineConfig, reason: string, errno?: number | undefined): string => {
+const connectFailure = (config: MachineConfig, reason: string, errno?: number): string => {
   // PQcancel is signal-safe: no strerror, only "error <errno>"
   if (config.legacy) return `PQcancel() -- connect() failed: ${errno === undefined ? reason : `error ${errno}`}`
   return `${reason}\n${config.address._tag === "Unix" ? Messages.unixHint : Messages.tcpHint}`

@@ -1,0 +1,126 @@
+/**
+ * What is measured: the transport × protocol cells and the systems, with the support matrix ("n/a" cells).
+ */
+import type { ConnectionOptions } from "@pqcancel/core"
+import type { Cluster } from "@pqcancel/test-utils/EmbeddedPostgres"
+
+export type TransportName = "tcp" | "tls" | "direct" | "unix"
+export type Protocol = "3.0" | "3.2"
+
+export interface Cell {
+  readonly id: string
+  readonly transport: TransportName
+  readonly protocol: Protocol
+}
+
+export const transportLabel: Record<TransportName, string> = {
+  tcp: "TCP (sslmode=disable)",
+  tls: "TLS via SSLRequest (sslmode=require)",
+  direct: "direct TLS (sslnegotiation=direct)",
+  unix: "unix socket"
+}
+
+export const allCells: ReadonlyArray<Cell> = (["tcp", "tls", "direct", "unix"] as const).flatMap((transport) =>
+  (["3.0", "3.2"] as const).map((protocol) => ({ id: `${transport}/${protocol}`, transport, protocol }))
+)
+
+export type SystemId =
+  | "pqcancel-blocking"
+  | "pqcancel-poll"
+  | "libpq-blocking"
+  | "libpq-poll"
+  | "libpq-legacy"
+  | "pg"
+  | "postgresjs"
+  | "node-floor"
+
+export interface System {
+  readonly id: SystemId
+  readonly label: string
+  readonly kind: "pqcancel" | "libpq" | "peer" | "reference"
+  /** why a cell is n/a, or undefined when supported */
+  readonly unsupported: (cell: Cell) => string | undefined
+}
+
+const encrypted = (cell: Cell) => cell.transport === "tls" || cell.transport === "direct"
+
+export const systems: ReadonlyArray<System> = [
+  { id: "pqcancel-blocking", label: "pqcancel blocking", kind: "pqcancel", unsupported: () => undefined },
+  { id: "pqcancel-poll", label: "pqcancel start+poll", kind: "pqcancel", unsupported: () => undefined },
+  { id: "libpq-blocking", label: "libpq PQcancelBlocking", kind: "libpq", unsupported: () => undefined },
+  { id: "libpq-poll", label: "libpq PQcancelStart+Poll", kind: "libpq", unsupported: () => undefined },
+  {
+    id: "libpq-legacy",
+    label: "libpq PQcancel (legacy)",
+    kind: "libpq",
+    unsupported: (cell) => encrypted(cell) ? "PQcancel never encrypts" : undefined
+  },
+  {
+    id: "pg",
+    label: "pg 8.23 client.cancel",
+    kind: "peer",
+    unsupported: (cell) =>
+      cell.protocol === "3.2"
+        ? "pg speaks protocol 3.0 only"
+        : encrypted(cell)
+        ? "pg sends its CancelRequest in plaintext"
+        : undefined
+  },
+  {
+    id: "postgresjs",
+    label: "postgres.js 3.4 query.cancel",
+    kind: "peer",
+    unsupported: (cell) => cell.protocol === "3.2" ? "postgres.js speaks protocol 3.0 only" : undefined
+  },
+  {
+    id: "node-floor",
+    label: "raw node:net/tls cancel (floor)",
+    kind: "reference",
+    unsupported: () => undefined
+  }
+]
+
+/** libpq conninfo of a cell (what the harness's sessions and thus their cancels use). */
+export const libpqConninfo = (cluster: Cluster, cell: Cell, extra?: Record<string, string>): string =>
+  cluster.conninfo(cell.transport === "unix" ? "unix" : "tcp", {
+    sslmode: cell.transport === "tls" || cell.transport === "direct" ? "require" : "disable",
+    ...(cell.transport === "direct" ? { sslnegotiation: "direct" } : {}),
+    max_protocol_version: cell.protocol === "3.2" ? "latest" : "3.0",
+    ...extra
+  })
+
+/**
+ * The cancel-relevant options pqcancel gets for a cell: the same as libpq's defaults plus the cell's sslmode,
+ * sslnegotiation and protocol. Built by hand (the conninfo parser, `ConnectionOptions.fromString`, is not in this
+ * tree yet); swap for `ConnectionOptions.fromString(libpqConninfo(cluster, cell))` once it lands.
+ */
+export const pqcancelOptions = (cluster: Cluster, cell: Cell): ConnectionOptions.ConnectionOptions => {
+  const host: ConnectionOptions.HostEntry = cell.transport === "unix"
+    ? { _tag: "Unix", directory: cluster.socketDir, port: cluster.port }
+    : { _tag: "Tcp", host: cluster.host, hostaddr: undefined, port: cluster.port }
+  return {
+    hosts: [host],
+    connectTimeout: undefined,
+    keepalives: true,
+    keepalivesIdle: undefined,
+    keepalivesInterval: undefined,
+    keepalivesCount: undefined,
+    tcpUserTimeout: undefined,
+    sslmode: encrypted(cell) ? "require" : "disable",
+    sslnegotiation: cell.transport === "direct" ? "direct" : "postgres",
+    gssencmode: "prefer",
+    sslrootcert: undefined,
+    sslcert: undefined,
+    sslkey: undefined,
+    sslpassword: undefined,
+    sslcrl: undefined,
+    sslcrldir: undefined,
+    sslsni: true,
+    sslMinProtocolVersion: "TLSv1.2",
+    sslMaxProtocolVersion: undefined,
+    minProtocolVersion: "3.0",
+    maxProtocolVersion: cell.protocol,
+    requirepeer: undefined,
+    krbsrvname: undefined
+  }
+}

@@ -1,0 +1,111 @@
+/**
+ * Profiling aid (not part of `pnpm bench`): CPU time and bytes allocated by the pieces of one pqcancel cancel that
+ * involve no I/O — the Effect primitives `CancelConnection.make` creates, the whole `make` + scope close, and the
+ * pure state machine — so the per-cancel overhead seen in bench/profile.ts can be attributed.
+ *
+ *   node --expose-gc bench/micro.ts [--n 20000]
+ */
+import { CancelConnection, CancelKey, CancelMachine } from "@pqcancel/core"
+import { NodeTransport } from "@pqcancel/node"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Queue from "effect/Queue"
+import * as Scope from "effect/Scope"
+import * as Semaphore from "effect/Semaphore"
+import * as SubscriptionRef from "effect/SubscriptionRef"
+import * as V8 from "node:v8"
+import type { Cell } from "./cells.ts"
+import { pqcancelOptions } from "./cells.ts"
+import { fullGc } from "./stats.ts"
+
+const argv = process.argv.slice(2)
+const i = argv.indexOf("--n")
+const n = i === -1 ? 20000 : Number(argv[i + 1])
+
+const cell: Cell = { id: "tcp/3.2", transport: "tcp", protocol: "3.2" }
+const fakeCluster = { socketDir: "/tmp", port: 5432, host: "127.0.0.1" } as Parameters<typeof pqcancelOptions>[0]
+const options = pqcancelOptions(fakeCluster, cell)
+const key = CancelKey.unsafeMake({ pid: 42, secret: new Uint8Array(32), protocolVersion: "3.2" })
+const session: CancelConnection.SessionInfo = {
+  options,
+  host: options.hosts[0]!,
+  address: { _tag: "Tcp", address: "127.0.0.1", port: 5432, family: 4 },
+  key
+}
+
+const measure = (name: string, run: () => void) => {
+  for (let k = 0; k < Math.min(n, 2000); k++) run() // warm-up
+  fullGc()
+  const profiler = new V8.GCProfiler()
+  profiler.start()
+  const before = V8.getHeapStatistics().used_heap_size
+  const t0 = performance.now()
+  for (let k = 0; k < n; k++) run()
+  const t1 = performance.now()
+  const after = V8.getHeapStatistics().used_heap_size
+  let allocated = 0
+  let last = before
+  for (const gc of profiler.stop()?.statistics ?? []) {
+    allocated += gc.beforeGC.heapStatistics.usedHeapSize - last
+    last = gc.afterGC.heapStatistics.usedHeapSize
+  }
+  allocated += after - last
+  console.log(
+    `${name.padEnd(58)} ${((t1 - t0) * 1000 / n).toFixed(2).padStart(7)} µs  ${
+      (allocated / n).toFixed(0).padStart(7)
+    } B`
+  )
+}
+
+const runSync = <A, E>(effect: Effect.Effect<A, E>) => () => {
+  Effect.runSync(effect)
+}
+
+console.log(`${"operation (no I/O)".padEnd(58)} ${"time".padStart(10)}  ${"alloc".padStart(9)}`)
+measure("Effect.runSync(Effect.succeed(1)) (baseline per run)", runSync(Effect.succeed(1)))
+measure("Semaphore.make(1)", runSync(Semaphore.make(1)))
+measure("Queue.unbounded()", runSync(Queue.unbounded<number>()))
+measure(
+  "SubscriptionRef.make(transition)",
+  runSync(SubscriptionRef.make({ status: "ALLOCATED", polling: "WRITING", at: 0 }))
+)
+measure(
+  "Scope.make + fork + close (per-socket child scope)",
+  runSync(Effect.gen(function*() {
+    const scope = yield* Scope.make()
+    const child = yield* Scope.fork(scope)
+    yield* Scope.close(child, Exit.void)
+    yield* Scope.close(scope, Exit.void)
+  }))
+)
+measure(
+  "Effect.scoped(CancelConnection.make(session))",
+  runSync(Effect.scoped(CancelConnection.make(session)).pipe(Effect.provide(NodeTransport.layer)))
+)
+const config = CancelMachine.makeConfig({
+  host: session.host,
+  address: session.address,
+  sslmode: "disable",
+  sslnegotiation: "postgres",
+  gssencmode: "prefer",
+  sslsni: true,
+  gssAvailable: false,
+  key
+})
+measure("CancelMachine.makeConfig (incl. encodeCancelRequest)", () => {
+  CancelMachine.makeConfig({
+    host: session.host,
+    address: session.address,
+    sslmode: "disable",
+    sslnegotiation: "postgres",
+    gssencmode: "prefer",
+    sslsni: true,
+    gssAvailable: false,
+    key
+  })
+})
+measure("CancelMachine: start → connected → eof (3 pure steps)", () => {
+  const a = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start)
+  const b = CancelMachine.step(config, a.state, CancelMachine.Events.connected)
+  CancelMachine.step(config, b.state, CancelMachine.Events.eof)
+})

@@ -1,0 +1,383 @@
+/**
+ * Single-cancel samples (dispatch and end-to-end latency) for every system, per cell.
+ *
+ * Each system holds one session per cell, reused across samples: send `SELECT pg_sleep(60)`, wait (untimed) until
+ * pg_stat_activity shows the backend in `PgSleep`, then time the cancel call until the server closed the cancel
+ * connection (dispatch) and until the session received SQLSTATE 57014 (end-to-end).
+ */
+import { CancelConnection, CancelKey } from "@pqcancel/core"
+import type { Transport } from "@pqcancel/core/Transport"
+import type { Cluster } from "@pqcancel/test-utils/EmbeddedPostgres"
+import * as TestSession from "@pqcancel/test-utils/TestSession"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import type * as Scope from "effect/Scope"
+import type * as EventEmitter from "node:events"
+import * as Net from "node:net"
+import * as Tls from "node:tls"
+import pg from "pg"
+import postgres from "postgres"
+import type { Cell, SystemId } from "./cells.ts"
+import { libpqConninfo, pqcancelOptions, systems } from "./cells.ts"
+import type { Harness } from "./harness.ts"
+
+export const SLEEP = "SELECT pg_sleep(60)"
+
+export class BenchError extends Data.TaggedError("BenchError")<{ readonly message: string }> {}
+
+export const failure = (message: string): BenchError => new BenchError({ message })
+
+export const benchError = (context: string) => (error: unknown): BenchError =>
+  failure(`${context}: ${error instanceof Error ? error.message : String(error)}`)
+
+export interface Sample {
+  /** milliseconds */
+  readonly dispatch: number
+  /** milliseconds */
+  readonly e2e: number
+}
+
+/** Waits (untimed) until `expected` backends with this application_name sleep in pg_sleep. */
+export const waitSleeping = (monitor: TestSession.TestSession, app: string, expected: number) =>
+  TestSession.waitUntil(
+    monitor,
+    `SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND application_name = '${app}'`,
+    (value) => Number(value) >= expected,
+    { timeout: "30 seconds", description: `${expected} × ${app} in pg_sleep` }
+  ).pipe(Effect.mapError(benchError("waiting for pg_sleep")))
+
+const checkCancelled = (system: SystemId, code: string | undefined) =>
+  code === "57014" ? Effect.void : Effect.fail(failure(`${system}: query ended with ${code}, not 57014`))
+
+/** pqcancel's start+poll loop, as an application would write it. */
+export const startAndPoll = (session: CancelConnection.SessionInfo) =>
+  Effect.scoped(Effect.gen(function*() {
+    const connection = yield* CancelConnection.make(session)
+    yield* connection.start
+    let status = yield* connection.poll
+    while (status === "READING" || status === "WRITING") status = yield* connection.poll
+    if (status !== "OK") return yield* failure(yield* connection.errorMessage)
+  })).pipe(Effect.mapError(benchError("pqcancel start+poll")))
+
+interface PgPrivate {
+  readonly _getActiveQuery: () => pg.Query
+  readonly connection: EventEmitter.EventEmitter
+  /** undocumented: `canceller.cancel(target, target.activeQuery)` */
+  readonly cancel: (client: pg.Client, query: pg.Query) => void
+}
+
+/** node-postgres's cancel (`new Client(config).cancel(client, activeQuery)`), resolved when the server closed it. */
+export const pgCancel = (client: pg.Client, config: pg.ClientConfig) =>
+  new Promise<{ t0: number; t1: number }>((resolve, reject) => {
+    const t0 = performance.now()
+    const canceller = new pg.Client(config)
+    const connection = (canceller as unknown as PgPrivate).connection
+    connection.once("end", () => resolve({ t0, t1: performance.now() }))
+    connection.once("error", reject)
+    ;(canceller as unknown as PgPrivate).cancel(client, (client as unknown as PgPrivate)._getActiveQuery())
+  })
+
+type PostgresQuery = postgres.PendingQuery<postgres.Row[]> & {
+  canceller: ((query: unknown) => Promise<void>) | null
+}
+
+/**
+ * postgres.js's `query.cancel()` returns nothing; its canceller (what `cancel()` calls) returns the promise that
+ * resolves when the server closed the cancel connection. Same request, observable dispatch — except over TLS, where
+ * that promise never settles (postgres.js 3.4.9 bug: `secure()` calls `socket.removeAllListeners()` on the raw socket,
+ * dropping the `close` listener `cancel()` registered), so there only the end-to-end time is measurable.
+ */
+export const postgresjsCancel = (query: PostgresQuery): { readonly t0: number; readonly closed: Promise<number> } => {
+  const t0 = performance.now()
+  const canceller = query.canceller
+  query.canceller = null
+  if (canceller === null) return { t0, closed: Promise.reject(new Error("query already cancelled")) }
+  return { t0, closed: canceller(query).then(() => performance.now()) }
+}
+
+/**
+ * The Node floor: the same cancel written by hand on `node:net` / `node:tls` (SSLRequest + upgrade, or direct TLS
+ * with ALPN), no validation, no state machine, no Effect. What any Node implementation pays at least.
+ */
+export const rawCancel = (
+  remote: TestSession.Remote,
+  packet: Uint8Array,
+  tls: "disable" | "sslrequest" | "direct"
+) =>
+  new Promise<{ t0: number; t1: number }>((resolve, reject) => {
+    const t0 = performance.now()
+    const target = remote._tag === "Unix"
+      ? { path: remote.path }
+      : { host: remote.address, port: remote.port, family: remote.family, noDelay: true }
+    const finish = (socket: Net.Socket) => {
+      socket.once("end", () => {
+        const t1 = performance.now()
+        socket.destroy()
+        resolve({ t0, t1 })
+      })
+      socket.resume()
+    }
+    if (tls === "direct") {
+      const secure = Tls.connect({ ...target, rejectUnauthorized: false, ALPNProtocols: ["postgresql"] })
+      secure.once("error", reject)
+      secure.once("secureConnect", () => secure.write(packet))
+      return finish(secure)
+    }
+    const socket = Net.connect(target)
+    socket.once("error", reject)
+    socket.once("connect", () => {
+      if (tls === "disable") {
+        socket.write(packet)
+        return finish(socket)
+      }
+      socket.write(SSL_REQUEST)
+      socket.once("data", () => {
+        const secure = Tls.connect({ socket, rejectUnauthorized: false, ALPNProtocols: ["postgresql"] })
+        secure.once("error", reject)
+        secure.once("secureConnect", () => secure.write(packet))
+        finish(secure)
+      })
+    })
+  })
+
+const SSL_REQUEST = Uint8Array.of(0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f)
+
+/** A CancelRequest packet (length, 80877102, pid, key bytes). */
+export const cancelPacket = (key: TestSession.BackendKey): Uint8Array => {
+  const packet = new Uint8Array(12 + key.secret.length)
+  const view = new DataView(packet.buffer)
+  view.setInt32(0, packet.length)
+  view.setInt32(4, 80877102)
+  view.setInt32(8, key.pid)
+  packet.set(key.secret, 12)
+  return packet
+}
+
+export const pgConfig = (cluster: Cluster, cell: Cell, app?: string): pg.ClientConfig => ({
+  host: cell.transport === "unix" ? cluster.socketDir : cluster.host,
+  port: cluster.port,
+  user: "postgres",
+  database: "postgres",
+  ...(app !== undefined ? { application_name: app } : {})
+})
+
+export const postgresjsOptions = (cluster: Cluster, cell: Cell, app: string, max: number) => ({
+  host: cell.transport === "unix" ? cluster.socketDir : cluster.host,
+  port: cluster.port,
+  user: "postgres",
+  database: "postgres",
+  max,
+  ssl: cell.transport === "tls" || cell.transport === "direct" ? "require" as const : false,
+  ...(cell.transport === "direct" ? { sslnegotiation: "direct" } : {}),
+  fetch_types: false,
+  prepare: false,
+  onnotice: () => {},
+  connection: { application_name: app }
+})
+
+export const connectPg = (config: pg.ClientConfig) =>
+  Effect.acquireRelease(
+    Effect.tryPromise({
+      try: async () => {
+        const client = new pg.Client(config)
+        client.on("error", () => {})
+        await client.connect()
+        return client
+      },
+      catch: benchError("pg connect")
+    }),
+    (client) => Effect.promise(() => client.end().catch(() => undefined))
+  )
+
+export const connectPostgresjs = (options: ReturnType<typeof postgresjsOptions>) =>
+  Effect.acquireRelease(
+    Effect.sync(() => postgres(options as postgres.Options<Record<string, postgres.PostgresType>>)),
+    (sql) => Effect.promise(() => sql.end({ timeout: 1 }).catch(() => undefined))
+  )
+
+/** Everything one cell needs: a session per system, and a `sample` function. */
+export interface CellRunner {
+  readonly cell: Cell
+  readonly sample: (system: SystemId) => Effect.Effect<Sample, BenchError, Transport>
+}
+
+export const makeCellRunner = Effect.fnUntraced(function*(
+  cluster: Cluster,
+  cell: Cell,
+  index: number,
+  harness: Harness,
+  monitor: TestSession.TestSession
+): Effect.fn.Return<CellRunner, BenchError, Scope.Scope> {
+  const app = (system: string) => `bench_${system.replace("-", "_")}_${index}`
+  const encrypted = cell.transport === "tls" || cell.transport === "direct"
+  const supported = (id: SystemId) => systems.find((s) => s.id === id)!.unsupported(cell) === undefined
+
+  // libpq: one harness slot per cell
+  const opened = yield* harness.request(
+    `open ${index} ${libpqConninfo(cluster, cell, { application_name: app("libpq") })}`
+  )
+    .pipe(Effect.mapError((e) => failure(`libpq open ${cell.id}: ${e.message}`)))
+  const [, , protocol, ssl] = opened.split(" ")
+  const expectedProtocol = cell.protocol === "3.2" ? "30002" : "30000"
+  const expectedSsl = cell.transport === "tls" || cell.transport === "direct" ? "1" : "0"
+  if (protocol !== expectedProtocol || ssl !== expectedSsl) {
+    return yield* failure(`libpq session for ${cell.id} is protocol ${protocol}, ssl ${ssl}`)
+  }
+
+  // pqcancel: a TestSession with the cell's protocol and encryption
+  const session = yield* TestSession.connectTo(cluster, {
+    transport: cell.transport === "unix" ? "unix" : "tcp",
+    tls: cell.transport === "tls" ? "sslrequest" : cell.transport === "direct" ? "direct" : "disable",
+    protocol: cell.protocol,
+    parameters: { application_name: app("pqcancel") }
+  }).pipe(Effect.mapError(benchError(`pqcancel session ${cell.id}`)))
+  if (session.backendKey.protocolVersion !== cell.protocol) {
+    return yield* failure(`TestSession for ${cell.id} got a ${session.backendKey.protocolVersion} key`)
+  }
+  // one options object per cell, as an application holds one per pool
+  const options = pqcancelOptions(cluster, cell)
+  const sessionInfo: CancelConnection.SessionInfo = {
+    options,
+    host: options.hosts[0]!,
+    address: session.remote,
+    key: CancelKey.unsafeMake(session.backendKey)
+  }
+
+  const tlsMode = cell.transport === "tls"
+    ? "sslrequest" as const
+    : cell.transport === "direct"
+    ? "direct" as const
+    : "disable" as const
+  const floorSession = yield* TestSession.connectTo(cluster, {
+    transport: cell.transport === "unix" ? "unix" : "tcp",
+    tls: tlsMode,
+    protocol: cell.protocol,
+    parameters: { application_name: app("floor") }
+  }).pipe(Effect.mapError(benchError(`floor session ${cell.id}`)))
+  const floorPacket = cancelPacket(floorSession.backendKey)
+
+  const pgClient = supported("pg") ? yield* connectPg(pgConfig(cluster, cell, app("pg"))) : undefined
+  const cancelConfig = pgConfig(cluster, cell)
+  const sql = supported("postgresjs")
+    ? yield* connectPostgresjs(postgresjsOptions(cluster, cell, app("postgresjs"), 1))
+    : undefined
+  if (sql !== undefined) {
+    yield* Effect.tryPromise({ try: () => sql`SELECT 1`, catch: benchError("postgres.js connect") })
+  }
+
+  const pqcancelSample = (system: SystemId) =>
+    Effect.gen(function*() {
+      const pending = yield* session.startQuery(SLEEP).pipe(Effect.mapError(benchError("startQuery")))
+      yield* waitSleeping(monitor, app("pqcancel"), 1)
+      let tResult = 0
+      const fiber = yield* pending.result.pipe(
+        Effect.tap(() => Effect.sync(() => (tResult = performance.now()))),
+        Effect.forkChild
+      )
+      const t0 = performance.now()
+      if (system === "pqcancel-blocking") {
+        yield* CancelConnection.cancel(sessionInfo).pipe(Effect.mapError(benchError("pqcancel blocking")))
+      } else {
+        yield* startAndPoll(sessionInfo)
+      }
+      const t1 = performance.now()
+      const result = yield* Fiber.join(fiber).pipe(Effect.mapError(benchError("query result")))
+      yield* checkCancelled(system, result._tag === "Error" ? result.sqlstate : "00000")
+      return { dispatch: t1 - t0, e2e: tResult - t0 }
+    })
+
+  const pgSample = Effect.gen(function*() {
+    const client = pgClient!
+    let tResult = 0
+    let code: string | undefined
+    const done = client.query(SLEEP).then(
+      () => {
+        tResult = performance.now()
+        code = "00000"
+      },
+      (error: { code?: string }) => {
+        tResult = performance.now()
+        code = error.code
+      }
+    )
+    yield* waitSleeping(monitor, app("pg"), 1)
+    const { t0, t1 } = yield* Effect.tryPromise({ try: () => pgCancel(client, cancelConfig), catch: benchError("pg") })
+    yield* Effect.promise(() => done)
+    yield* checkCancelled("pg", code)
+    return { dispatch: t1 - t0, e2e: tResult - t0 }
+  })
+
+  const postgresjsSample = Effect.gen(function*() {
+    let tResult = 0
+    let code: string | undefined
+    const query = sql!.unsafe(SLEEP) as unknown as PostgresQuery
+    const done = query.then(
+      () => {
+        tResult = performance.now()
+        code = "00000"
+      },
+      (error: { code?: string }) => {
+        tResult = performance.now()
+        code = error.code
+      }
+    )
+    yield* waitSleeping(monitor, app("postgresjs"), 1)
+    const { closed, t0 } = postgresjsCancel(query)
+    const t1 = encrypted
+      ? Number.NaN
+      : yield* Effect.tryPromise({ try: () => closed, catch: benchError("postgres.js") })
+    yield* Effect.promise(() => done)
+    yield* checkCancelled("postgresjs", code)
+    return { dispatch: t1 - t0, e2e: tResult - t0 }
+  })
+
+  const floorSample = Effect.gen(function*() {
+    const pending = yield* floorSession.startQuery(SLEEP).pipe(Effect.mapError(benchError("startQuery")))
+    yield* waitSleeping(monitor, app("floor"), 1)
+    let tResult = 0
+    const fiber = yield* pending.result.pipe(
+      Effect.tap(() => Effect.sync(() => (tResult = performance.now()))),
+      Effect.forkChild
+    )
+    const { t0, t1 } = yield* Effect.tryPromise({
+      try: () => rawCancel(floorSession.remote, floorPacket, tlsMode),
+      catch: benchError("raw cancel")
+    })
+    const result = yield* Fiber.join(fiber).pipe(Effect.mapError(benchError("query result")))
+    yield* checkCancelled("node-floor", result._tag === "Error" ? result.sqlstate : "00000")
+    return { dispatch: t1 - t0, e2e: tResult - t0 }
+  })
+
+  const libpqSample = (mode: string) =>
+    harness.request(`sample ${index} ${mode}`).pipe(
+      Effect.mapError((e) => failure(`libpq ${mode} ${cell.id}: ${e.message}`)),
+      Effect.flatMap((line) => {
+        const [, dispatch, e2e, sqlstate] = line.split(" ")
+        return checkCancelled(`libpq-${mode}` as SystemId, sqlstate).pipe(
+          Effect.as({ dispatch: Number(dispatch) / 1e6, e2e: Number(e2e) / 1e6 })
+        )
+      })
+    )
+
+  const sample = (system: SystemId): Effect.Effect<Sample, BenchError, Transport> => {
+    switch (system) {
+      case "pqcancel-blocking":
+      case "pqcancel-poll":
+        return pqcancelSample(system)
+      case "libpq-blocking":
+        return libpqSample("blocking")
+      case "libpq-poll":
+        return libpqSample("poll")
+      case "libpq-legacy":
+        return libpqSample("legacy")
+      case "pg":
+        return pgSample
+      case "postgresjs":
+        return postgresjsSample
+      case "node-floor":
+        return floorSample
+    }
+  }
+  return { cell, sample }
+})
