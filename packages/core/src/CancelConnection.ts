@@ -31,11 +31,9 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
-import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
-import type * as Stream from "effect/Stream"
-import * as SubscriptionRef from "effect/SubscriptionRef"
+import * as Stream from "effect/Stream"
 import { CancelCreateError, CancelFailed, CancelTimeout } from "./CancelError.ts"
 import type { CancelKey } from "./CancelKey.ts"
 import * as CancelMachine from "./CancelMachine.ts"
@@ -69,7 +67,7 @@ export interface SessionInfo {
 export interface Transition {
   readonly status: CancelMachine.Status
   readonly polling: CancelMachine.PollingStatus
-  /** milliseconds since the epoch, from Effect's Clock */
+  /** milliseconds since the epoch (fractional: nanosecond clock), from Effect's Clock */
   readonly at: number
 }
 
@@ -159,12 +157,28 @@ const makeWith = Effect.fnUntraced(function*(
     scope: undefined
   }
   const lock = yield* Semaphore.make(1)
-  const now = yield* Clock.currentTimeMillis
-  const transitions = yield* SubscriptionRef.make<Transition>({
+  // status watchers; nothing is allocated or timed for transitions nobody watches
+  const clock = yield* Clock.Clock
+  const watchers = new Set<(transition: Transition) => void>()
+  let lastTransition: Transition | undefined
+  const transition = (): Transition => ({
     status: live.state.status,
     polling: live.state.polling,
-    at: now
+    at: Number(clock.currentTimeNanosUnsafe()) / 1e6
   })
+  const changes: Stream.Stream<Transition> = Stream.callback<Transition>((queue) =>
+    Effect.acquireRelease(
+      Effect.sync(() => {
+        const watcher = (t: Transition) => {
+          Queue.offerUnsafe(queue, t)
+        }
+        Queue.offerUnsafe(queue, lastTransition ?? transition())
+        watchers.add(watcher)
+        return watcher
+      }),
+      (watcher) => Effect.sync(() => watchers.delete(watcher))
+    )
+  )
 
   const closeSocket = Effect.suspend(() => {
     const scope = live.scope
@@ -206,13 +220,14 @@ const makeWith = Effect.fnUntraced(function*(
       const before = live.state.status
       const next = CancelMachine.step(config!, live.state, event)
       live.state = next.state
-      const actions = next.actions.length === 0 ? Effect.void : Effect.forEach(next.actions, perform, { discard: true })
-      const publish = next.state.status === before ? Effect.void : Clock.currentTimeMillis.pipe(
-        Effect.flatMap((at) =>
-          SubscriptionRef.set(transitions, { status: next.state.status, polling: next.state.polling, at })
-        )
-      )
-      return actions.pipe(Effect.andThen(publish), Effect.as(next))
+      if (next.state.status !== before && watchers.size > 0) {
+        lastTransition = transition()
+        for (const watcher of watchers) watcher(lastTransition)
+      }
+      const actions = next.actions
+      if (actions.length === 0) return Effect.succeed(next)
+      if (actions.length === 1) return Effect.as(perform(actions[0]!), next)
+      return Effect.as(Effect.forEach(actions, perform, { discard: true }), next)
     }).pipe(Effect.uninterruptible)
 
   const startUnlocked: Effect.Effect<void, CancelFailed> = Effect.suspend(() => {
@@ -239,8 +254,10 @@ const makeWith = Effect.fnUntraced(function*(
     )
   })
 
-  const pollLoop = pollUnlocked.pipe(
-    Effect.repeat({ schedule: Schedule.forever, while: (p) => p === "READING" || p === "WRITING" })
+  // the poll loop: poll until OK or FAILED (each poll waits on the socket's next event, so this never spins)
+  const pollLoop: Effect.Effect<CancelMachine.PollingStatus> = Effect.flatMap(
+    pollUnlocked,
+    (p) => p === "READING" || p === "WRITING" ? pollLoop : Effect.succeed(p)
   )
 
   const deadlineOf = (timeout: Duration.Input | undefined): Duration.Duration | undefined => {
@@ -286,7 +303,7 @@ const makeWith = Effect.fnUntraced(function*(
     errorMessage: Effect.sync(() => live.state.error),
     reset,
     finish,
-    changes: SubscriptionRef.changes(transitions)
+    changes
   }
   return self
 })

@@ -10,6 +10,7 @@ import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { CancelConnection, ConnectionOptions } from "@pqcancel/core"
 import { NodeTransport, PgAdapter } from "@pqcancel/node"
 import { EmbeddedPostgres } from "@pqcancel/test-utils"
+import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -65,18 +66,22 @@ const scenario = Effect.fn("scenario")(function*(
 
   const cancel = yield* CancelConnection.make(info)
   const watching = yield* Deferred.make<void>()
-  const t0 = performance.now()
+  const finished = yield* Deferred.make<void>()
+  const t0 = Number(yield* Clock.currentTimeNanos) / 1e6
   yield* cancel.changes.pipe(
     Stream.runForEach((t) =>
-      Deferred.succeed(watching, undefined).pipe(
-        Effect.andThen(log(`   +${(performance.now() - t0).toFixed(2).padStart(7)} ms  ${t.status}`))
-      )
+      Effect.gen(function*() {
+        yield* Deferred.succeed(watching, undefined)
+        yield* log(`   +${(t.at - t0).toFixed(2).padStart(7)} ms  ${t.status}`)
+        if (t.status === "OK" || t.status === "BAD") yield* Deferred.succeed(finished, undefined)
+      })
     ),
     Effect.forkChild
   )
   yield* Deferred.await(watching)
   yield* cancel.blocking()
-  yield* log(`   cancel dispatched in ${(performance.now() - t0).toFixed(2)} ms`)
+  yield* Deferred.await(finished)
+  yield* log(`   cancel dispatched in ${(Number(yield* Clock.currentTimeNanos) / 1e6 - t0).toFixed(2)} ms`)
   yield* log(`   the query ${yield* Fiber.join(running)}`)
   const still = yield* Effect.promise(() => client.query("SELECT 'still usable' AS ok"))
   yield* log(`   same session afterwards: ${still.rows[0].ok}`)

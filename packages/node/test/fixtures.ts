@@ -59,14 +59,23 @@ export const runCancel = Effect.fnUntraced(function*(info: CancelConnection.Sess
   const connection = yield* CancelConnectionModule.make(info)
   const statuses: Array<string> = []
   const watching = yield* Deferred.make<void>()
+  const terminal = yield* Deferred.make<void>()
   yield* connection.changes.pipe(
     Stream.runForEach((t) =>
-      Effect.andThen(Deferred.succeed(watching, undefined), Effect.sync(() => statuses.push(t.status)))
+      Effect.andThen(
+        Deferred.succeed(watching, undefined),
+        Effect.suspend(() => {
+          statuses.push(t.status)
+          return t.status === "OK" || t.status === "BAD" ? Deferred.succeed(terminal, undefined) : Effect.void
+        })
+      )
     ),
     Effect.forkScoped
   )
   yield* Deferred.await(watching)
   const exit = yield* Effect.exit(connection.blocking())
+  // the watcher may see the final transition just after blocking returns: wait for it (bounded)
+  yield* Deferred.await(terminal).pipe(Effect.timeoutOption("5 seconds"))
   const error = Exit.isFailure(exit) ? Option.getOrUndefined(Exit.findErrorOption(exit)) : undefined
   return { ok: Exit.isSuccess(exit), error: error?.message, errorTag: error?._tag, statuses, connection }
 }, Effect.scoped)
