@@ -31,6 +31,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
+import * as Redacted from "effect/Redacted"
 import * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
 import * as Stream from "effect/Stream"
@@ -206,7 +207,7 @@ const makeWith = Effect.fnUntraced(function*(
       case "Close":
         return closeSocket
       case "Write":
-        return live.connection === undefined ? Effect.void : live.connection.write(action.bytes)
+        return live.connection === undefined ? Effect.void : live.connection.write(Redacted.value(action.bytes))
       case "StartTls":
         return live.connection === undefined ? Effect.void : live.connection.startTls(action.request)
       case "StartGss":

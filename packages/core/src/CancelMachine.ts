@@ -24,6 +24,7 @@
  *
  * @since 0.1.0
  */
+import * as Redacted from "effect/Redacted"
 import type { CancelKey } from "./CancelKey.ts"
 import type { GssEncMode, HostEntry, SslMode, SslNegotiation } from "./ConnectionOptions.ts"
 import * as Protocol from "./Protocol.ts"
@@ -88,7 +89,8 @@ export type Action =
   | {
     readonly _tag: "Write"
     readonly kind: "SSLRequest" | "GSSENCRequest" | "CancelRequest"
-    readonly bytes: Uint8Array
+    /** the packet; `Redacted` because a CancelRequest carries the secret key */
+    readonly bytes: Redacted.Redacted<Uint8Array>
     /** whether the bytes travel inside TLS/GSS encryption */
     readonly encrypted: boolean
   }
@@ -276,7 +278,7 @@ export const makeConfig = (options: {
     servername,
     verifyHost: name
   })
-  const cancel = Protocol.encodeCancelRequest(options.key)
+  const cancel = Redacted.make(Protocol.encodeCancelRequest(options.key), { label: "CancelRequest" })
   return {
     address: options.address,
     sslmode: options.sslmode,
@@ -288,8 +290,13 @@ export const makeConfig = (options: {
     actions: {
       connect: { _tag: "Connect", address: options.address },
       close: { _tag: "Close" },
-      sslRequest: { _tag: "Write", kind: "SSLRequest", bytes: Protocol.sslRequest, encrypted: false },
-      gssRequest: { _tag: "Write", kind: "GSSENCRequest", bytes: Protocol.gssEncRequest, encrypted: false },
+      sslRequest: { _tag: "Write", kind: "SSLRequest", bytes: Redacted.make(Protocol.sslRequest), encrypted: false },
+      gssRequest: {
+        _tag: "Write",
+        kind: "GSSENCRequest",
+        bytes: Redacted.make(Protocol.gssEncRequest),
+        encrypted: false
+      },
       cancelPlain: { _tag: "Write", kind: "CancelRequest", bytes: cancel, encrypted: false },
       cancelEncrypted: { _tag: "Write", kind: "CancelRequest", bytes: cancel, encrypted: true },
       startTls: { _tag: "StartTls", request: request(false) },

@@ -4,6 +4,7 @@ import type { CancelKey, ConnectionOptions } from "@pqcancel/core"
 import * as Arbitrary from "effect/Arbitrary"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
+import * as Util from "node:util"
 
 const key: CancelKey.CancelKey = {
   pid: 4242,
@@ -324,5 +325,32 @@ describe("CancelMachine", () => {
     assert.isFalse(again.accepted)
     assert.strictEqual(again.state.status, "BAD")
     assert.include(again.state.error, "cancel request is already being sent on this connection")
+  })
+
+  it("never exposes the key: configs and steps print the CancelRequest as redacted", () => {
+    const config = configOf({
+      sslmode: "disable",
+      sslnegotiation: "postgres",
+      gssencmode: "disable",
+      gssAvailable: false,
+      unix: false,
+      legacy: false
+    })
+    let state = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start).state
+    const sent = CancelMachine.step(config, state, CancelMachine.Events.connected)
+    state = sent.state
+    assert.strictEqual(sent.actions[0]?._tag, "Write")
+    for (
+      const text of [
+        JSON.stringify(config),
+        JSON.stringify(sent),
+        Util.inspect(sent, { depth: 10 }),
+        String(config.actions.cancelPlain)
+      ]
+    ) {
+      assert.notInclude(text, "222")
+      assert.notInclude(text, "de ad be ef")
+      assert.notInclude(text, "deadbeef")
+    }
   })
 })
