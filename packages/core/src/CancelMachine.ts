@@ -529,7 +529,8 @@ export const step = (config: MachineConfig, state: State, event: Event): Step =>
         return config.legacy ? succeeded(config, state) : bad(state, Messages.unexpectedResponse)
       }
       if (state.status === "SSL_STARTUP") {
-        if (config.sslnegotiation === "direct") return bad(state, Messages.sslUnencryptedData)
+        // WRITING = the handshake is under way: plaintext bytes now are an attack (or a broken server)
+        if (state.polling === "WRITING") return bad(state, Messages.sslUnencryptedData)
         const answer = bytes[0]!
         if (answer === 0x53 /* S */) {
           if (bytes.length > 1) return bad(state, Messages.sslUnencryptedData)
@@ -543,6 +544,7 @@ export const step = (config: MachineConfig, state: State, event: Event): Step =>
         return bad(state, Messages.invalidSslResponse(answer))
       }
       if (state.status === "GSS_STARTUP") {
+        if (state.polling === "WRITING") return bad(state, Messages.gssUnencryptedData)
         const answer = bytes[0]!
         if (answer === 0x47 /* G */) {
           if (bytes.length > 1) return bad(state, Messages.gssUnencryptedData)
@@ -558,7 +560,8 @@ export const step = (config: MachineConfig, state: State, event: Event): Step =>
       return bad(state, Messages.unexpectedResponse)
     }
     case "TlsEstablished": {
-      if (state.status !== "SSL_STARTUP") return result(state)
+      // only a handshake the machine asked for counts (SSL_STARTUP + WRITING)
+      if (state.status !== "SSL_STARTUP" || state.polling !== "WRITING") return result(state)
       if (config.sslnegotiation === "direct") {
         // libpq fails the attempt (CONNECTION_FAILED) when direct TLS came up without ALPN "postgresql"
         if (event.alpn === false) return connectionFailed(config, state, Messages.noAlpn)
@@ -567,15 +570,15 @@ export const step = (config: MachineConfig, state: State, event: Event): Step =>
       return made(config, make(state, "MADE", "WRITING", { encrypted: true }))
     }
     case "TlsFailed": {
-      if (state.status !== "SSL_STARTUP") return result(state)
+      if (state.status !== "SSL_STARTUP" || state.polling !== "WRITING") return result(state)
       return connectionFailed(config, state, event.message)
     }
     case "GssEstablished": {
-      if (state.status !== "GSS_STARTUP") return result(state)
+      if (state.status !== "GSS_STARTUP" || state.polling !== "WRITING") return result(state)
       return made(config, make(state, "MADE", "WRITING", { encrypted: true }))
     }
     case "GssFailed": {
-      if (state.status !== "GSS_STARTUP") return result(state)
+      if (state.status !== "GSS_STARTUP" || state.polling !== "WRITING") return result(state)
       return connectionFailed(config, state, event.message)
     }
   }

@@ -176,7 +176,7 @@ describe("CancelMachine", () => {
         if (!CancelMachine.isInFlight(state)) checkErrorText(state.error)
       }
     },
-    { arbitrary: { runs: 3000 } }
+    { arbitrary: { runs: 10000 } }
   )
 
   // A simulated server answering each action, and the outcome the spec's tables give for it
@@ -344,8 +344,7 @@ describe("CancelMachine", () => {
       const text of [
         JSON.stringify(config),
         JSON.stringify(sent),
-        Util.inspect(sent, { depth: 10 }),
-        String(config.actions.cancelPlain)
+        Util.inspect(sent, { depth: 10 })
       ]
     ) {
       assert.notInclude(text, "222")
