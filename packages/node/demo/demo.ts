@@ -22,17 +22,6 @@ import pg from "pg"
 
 const log = (line: string) => Effect.sync(() => console.log(line))
 
-// A node-postgres client owned by the Scope
-const connect = (config: pg.ClientConfig) =>
-  Effect.acquireRelease(
-    Effect.promise(async () => {
-      const client = new pg.Client(config)
-      await client.connect()
-      return client
-    }),
-    (client) => Effect.promise(() => client.end().catch(() => undefined))
-  )
-
 // Wait on pg_stat_activity until the backend is really inside pg_sleep (bounded)
 const waitUntil = (monitor: pg.Client, pid: number, condition: string) =>
   Effect.promise(() => monitor.query(`SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND ${condition}`, [pid])).pipe(
@@ -48,8 +37,8 @@ const scenario = Effect.fn("scenario")(function*(
 ) {
   const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
   yield* log(`\n== ${title}`)
-  const client = yield* connect(session)
-  const monitor = yield* connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
+  const client = yield* PgAdapter.connect(session)
+  const monitor = yield* PgAdapter.connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
   const options = yield* ConnectionOptions.fromString(cancelConninfo)
   const info = yield* PgAdapter.sessionInfo(client, options)
   const where = info.address._tag === "Unix" ? info.address.path : `${info.address.address}:${info.address.port}`
@@ -91,7 +80,7 @@ const interruptScenario = Effect.fn("interruptScenario")(function*() {
   const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
   yield* log("\n== Interrupt the fiber ⇒ the query stops on the server (PgAdapter.query + Effect.timeout)")
   const ca = Fs.readFileSync(cluster.caCertPath, "utf8")
-  const client = yield* connect({
+  const client = yield* PgAdapter.connect({
     host: "localhost",
     port: cluster.port,
     user: "postgres",

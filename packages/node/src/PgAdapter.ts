@@ -30,8 +30,9 @@ import type { Transport } from "@pqcancel/core/Transport"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
+import type * as Scope from "effect/Scope"
 import type * as Net from "node:net"
-import type pg from "pg"
+import pg from "pg"
 
 /**
  * A query failed on the server (or the client broke). `code` is the SQLSTATE when the server sent one.
@@ -53,6 +54,28 @@ export class PgQueryError extends Schema.TaggedError<PgQueryError>()("PgQueryErr
 export class PgNotConnected extends Schema.TaggedError<PgNotConnected>()("PgNotConnected", {
   message: Schema.String
 }) {}
+
+/**
+ * A connected `pg.Client` owned by the current Scope (ended when the Scope closes).
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const connect = (config: pg.ClientConfig): Effect.Effect<pg.Client, PgQueryError, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.tryPromise({
+      try: () => {
+        const client = new pg.Client(config)
+        return client.connect().then(() => client)
+      },
+      catch: (error) =>
+        new PgQueryError({
+          message: error instanceof Error ? error.message : String(error),
+          code: (error as { readonly code?: string }).code
+        })
+    }),
+    (client) => Effect.promise(() => client.end().catch(() => undefined))
+  )
 
 interface PgInternals {
   readonly processID: number | null | undefined

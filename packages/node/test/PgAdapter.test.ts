@@ -14,16 +14,6 @@ import * as Schedule from "effect/Schedule"
 import * as Fs from "node:fs"
 import pg from "pg"
 
-const connect = (config: pg.ClientConfig) =>
-  Effect.acquireRelease(
-    Effect.promise(async () => {
-      const client = new pg.Client(config)
-      await client.connect()
-      return client
-    }),
-    (client) => Effect.promise(() => client.end().catch(() => undefined))
-  )
-
 const waitSleeping = (monitor: pg.Client, pid: number) =>
   Effect.promise(() => monitor.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep'", [pid]))
     .pipe(
@@ -58,8 +48,8 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
     it.effect(`interrupting the fiber cancels the server query (${testCase.name})`, () =>
       Effect.gen(function*() {
         const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
-        const client = yield* connect(testCase.session(cluster))
-        const monitor = yield* connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
+        const client = yield* PgAdapter.connect(testCase.session(cluster))
+        const monitor = yield* PgAdapter.connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
         const options = yield* ConnectionOptions.fromString(testCase.conninfo(cluster))
         const info = yield* PgAdapter.sessionInfo(client, options)
         const fiber = yield* PgAdapter.query(client, options, "SELECT pg_sleep(60)").pipe(Effect.forkChild)
@@ -80,7 +70,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
   it.effect("a query that finishes is not cancelled and errors stay typed", () =>
     Effect.gen(function*() {
       const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
-      const client = yield* connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
+      const client = yield* PgAdapter.connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
       const options = yield* ConnectionOptions.fromString(`host=${cluster.socketDir} port=${cluster.port}`)
       const ok = yield* PgAdapter.query(client, options, "SELECT 1 AS one")
       assert.strictEqual(ok.rows[0]?.one, 1)
@@ -92,8 +82,8 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
   it.effect("a session whose cancel cannot be confirmed is ended, never reused", () =>
     Effect.gen(function*() {
       const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
-      const client = yield* connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
-      const monitor = yield* connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
+      const client = yield* PgAdapter.connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
+      const monitor = yield* PgAdapter.connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
       // require TLS over TCP while the session is on a unix socket address: the cancel fails
       const options = yield* ConnectionOptions.fromString(
         `host=${cluster.socketDir} port=${cluster.port} gssencmode=require`

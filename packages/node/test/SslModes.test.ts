@@ -80,25 +80,25 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
       }))
 
     it.effect("sslrootcert=system verifies against the system's roots (which do not hold the test CA)", () =>
-    Effect.gen(function*() {
-      const result = yield* cancelWith(() => ({ sslmode: "verify-full", sslrootcert: "system", host: "localhost" }))
-      assert.isFalse(result.ok)
-      assert.match(result.error ?? "", /failed: SSL error: certificate verify failed$/)
-    }))
-
-  it.effect("ssl_max_protocol_version=TLSv1.2 still cancels over TLS 1.2", () =>
-    Effect.gen(function*() {
-      const result = yield* cancelWith((c) => ({
-        sslmode: "verify-full",
-        sslrootcert: c.caCertPath,
-        host: "localhost",
-        ssl_max_protocol_version: "TLSv1.2"
+      Effect.gen(function*() {
+        const result = yield* cancelWith(() => ({ sslmode: "verify-full", sslrootcert: "system", host: "localhost" }))
+        assert.isFalse(result.ok)
+        assert.match(result.error ?? "", /failed: SSL error: certificate verify failed$/)
       }))
-      assert.isTrue(result.ok, result.error)
-      yield* assertCancelled(result.pending)
-    }))
 
-  it.effect("verify-full without a root certificate fails with libpq's text", () =>
+    it.effect("ssl_max_protocol_version=TLSv1.2 still cancels over TLS 1.2", () =>
+      Effect.gen(function*() {
+        const result = yield* cancelWith((c) => ({
+          sslmode: "verify-full",
+          sslrootcert: c.caCertPath,
+          host: "localhost",
+          ssl_max_protocol_version: "TLSv1.2"
+        }))
+        assert.isTrue(result.ok, result.error)
+        yield* assertCancelled(result.pending)
+      }))
+
+    it.effect("verify-full without a root certificate fails with libpq's text", () =>
       Effect.gen(function*() {
         const result = yield* cancelWith(() => ({ sslmode: "verify-full", sslrootcert: "/nonexistent/root.crt" }))
         assert.isFalse(result.ok)

@@ -103,17 +103,7 @@ export type Step =
  * @category models
  * @since 0.1.0
  */
-export type Packet =
-  & (
-    | { readonly kind: "sslRequest" }
-    | { readonly kind: "gssEncRequest" }
-    | { readonly kind: "cancelRequest"; readonly pid: number; readonly key: Uint8Array }
-    | { readonly kind: "startup"; readonly protocol: number; readonly parameters: Record<string, string> }
-    | { readonly kind: "unknown"; readonly code: number; readonly bytes: Uint8Array }
-    | { readonly kind: "invalid"; readonly length: number }
-    | { readonly kind: "tlsClientHello" }
-  )
-  & { readonly tls: boolean }
+export type Packet = (Wire.StartupPacket | { readonly kind: "tlsClientHello" }) & { readonly tls: boolean }
 
 /**
  * How a connection's script ended.
