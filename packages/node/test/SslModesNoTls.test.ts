@@ -5,7 +5,7 @@
 import { assert, layer } from "@effect/vitest"
 import { EmbeddedPostgres } from "@pqcancel/test-utils"
 import * as Effect from "effect/Effect"
-import { assertCancelled, cancelWith } from "./fixtures.ts"
+import { assertCancelled, assertStillSleeping, cancelWith } from "./fixtures.ts"
 
 const plaintextSession = { tls: "disable" } as const
 
@@ -39,10 +39,8 @@ layer(EmbeddedPostgres.layer({ version: 18, tls: false }), { excludeTestServices
             `connection to server at "127.0.0.1", port ${result.cluster.port} failed: ` +
               "server does not support SSL, but SSL was required"
           )
-          const still = yield* result.monitor.query(
-            `SELECT wait_event FROM pg_stat_activity WHERE pid = ${result.session.backendKey.pid}`
-          )
-          assert.deepStrictEqual(still._tag === "Ok" ? still.rows : still, [["PgSleep"]])
+          // the key never reached the server: the query is still sleeping
+          yield* assertStillSleeping(result.monitor, result.session)
         }))
     }
 

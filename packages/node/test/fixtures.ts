@@ -47,6 +47,17 @@ export const assertCancelled = Effect.fnUntraced(function*(pending: TestSession.
   }
 })
 
+/** The session's query was not cancelled: its backend still sleeps in pg_sleep */
+export const assertStillSleeping = Effect.fnUntraced(function*(
+  monitor: TestSession.TestSession,
+  session: TestSession.TestSession
+) {
+  const still = yield* monitor.query(
+    `SELECT wait_event FROM pg_stat_activity WHERE pid = ${session.backendKey.pid}`
+  )
+  assert.deepStrictEqual(still._tag === "Ok" ? still.rows : still, [["PgSleep"]])
+})
+
 /** conninfo of a cluster for one transport, with extra keywords */
 export const conninfo = (
   cluster: EmbeddedPostgres.Cluster,
