@@ -134,7 +134,9 @@ const makeWith = Effect.fnUntraced(function*(
 ) {
   const transport = yield* Transport
   const parent = yield* Effect.scope
-  const gssAvailable = options.legacy || options.initialError !== undefined
+  // only ask for a GSS credential when GSS could be attempted (TCP, gssencmode not disabled)
+  const gssAvailable = options.legacy || options.initialError !== undefined ||
+      session.options.gssencmode === "disable" || session.address._tag === "Unix"
     ? false
     : yield* transport.gssCredentialsAvailable(session.options)
   const config = session.key === undefined

@@ -233,6 +233,9 @@ export interface MachineConfig {
   }
 }
 
+const SSL_REQUEST = Redacted.make(Protocol.sslRequest)
+const GSSENC_REQUEST = Redacted.make(Protocol.gssEncRequest)
+
 const isIpLiteral = (host: string): boolean => /^[0-9.]+$/.test(host) || host.includes(":")
 
 /**
@@ -290,11 +293,11 @@ export const makeConfig = (options: {
     actions: {
       connect: { _tag: "Connect", address: options.address },
       close: { _tag: "Close" },
-      sslRequest: { _tag: "Write", kind: "SSLRequest", bytes: Redacted.make(Protocol.sslRequest), encrypted: false },
+      sslRequest: { _tag: "Write", kind: "SSLRequest", bytes: SSL_REQUEST, encrypted: false },
       gssRequest: {
         _tag: "Write",
         kind: "GSSENCRequest",
-        bytes: Redacted.make(Protocol.gssEncRequest),
+        bytes: GSSENC_REQUEST,
         encrypted: false
       },
       cancelPlain: { _tag: "Write", kind: "CancelRequest", bytes: cancel, encrypted: false },
