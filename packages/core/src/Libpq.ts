@@ -16,6 +16,7 @@
  *     return yield* Libpq.PQcancelErrorMessage(cancelConn)
  *   }
  *   yield* Libpq.PQcancelFinish(cancelConn)
+ *   return "dispatched"
  * }))
  * ```
  *

@@ -18,7 +18,7 @@ import * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import * as Fs from "node:fs"
-import pg from "pg"
+import type pg from "pg"
 
 const log = (line: string) => Effect.sync(() => console.log(line))
 

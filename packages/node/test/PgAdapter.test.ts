@@ -12,7 +12,7 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Schedule from "effect/Schedule"
 import * as Fs from "node:fs"
-import pg from "pg"
+import type pg from "pg"
 
 const waitSleeping = (monitor: pg.Client, pid: number) =>
   Effect.promise(() => monitor.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep'", [pid]))

@@ -18,8 +18,9 @@
  * import * as Effect from "effect/Effect"
  * import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
  *
- * layer(EmbeddedPostgres.layer18)("cancel", (it) => {
- *   it.live("connects", () =>
+ * // excludeTestServices: the live clock, which sockets and processes need
+ * layer(EmbeddedPostgres.layer18, { excludeTestServices: true })("cancel", (it) => {
+ *   it.effect("connects", () =>
  *     Effect.gen(function*() {
  *       const pg = yield* EmbeddedPostgres.EmbeddedPostgres
  *       const session = yield* TestSession.connectTo(pg, { tls: "sslrequest" })

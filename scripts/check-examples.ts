@@ -1,0 +1,55 @@
+/**
+ * Type-checks every ```ts example in the sources' JSDoc and in README.md: each block becomes a module under
+ * build/examples/ and `tsc` checks them all against the workspace packages. Run by `pnpm check`.
+ */
+import * as ChildProcess from "node:child_process"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+
+const root = Path.resolve(import.meta.dirname, "..")
+const out = Path.join(root, "build", "examples")
+Fs.rmSync(out, { recursive: true, force: true })
+Fs.mkdirSync(out, { recursive: true })
+
+const sources: Array<string> = ["README.md"]
+for (const pkg of Fs.readdirSync(Path.join(root, "packages"))) {
+  const src = Path.join("packages", pkg, "src")
+  for (const file of Fs.readdirSync(Path.join(root, src))) if (file.endsWith(".ts")) sources.push(Path.join(src, file))
+}
+
+let count = 0
+for (const source of sources) {
+  const text = Fs.readFileSync(Path.join(root, source), "utf8")
+  const blocks = source.endsWith(".md")
+    ? [...text.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]!)
+    : [...text.matchAll(/```ts\n([\s\S]*?)\s*\* ```/g)].map((m) => m[1]!.replace(/^\s*\* ?/gm, ""))
+  blocks.forEach((block, i) => {
+    const name = `${source.replace(/[/.]/g, "_")}_${i}.ts`
+    Fs.writeFileSync(Path.join(out, name), `// from ${source}\n${block}\nexport {}\n`)
+    count++
+  })
+}
+Fs.writeFileSync(
+  Path.join(out, "tsconfig.json"),
+  JSON.stringify({
+    extends: "../../tsconfig.base.json",
+    include: ["*.ts"],
+    compilerOptions: {
+      rootDir: ".",
+      noEmit: true,
+      composite: false,
+      incremental: false,
+      declaration: false,
+      declarationMap: false,
+      noUnusedLocals: false,
+      allowImportingTsExtensions: true,
+      types: ["node"]
+    }
+  })
+)
+const tsc = ChildProcess.spawnSync(Path.join(root, "node_modules", ".bin", "tsc"), ["-p", out], { stdio: "inherit" })
+if (tsc.status !== 0) {
+  console.error(`examples: type errors in ${count} examples (build/examples)`)
+  process.exit(1)
+}
+console.log(`examples: ${count} examples type-check`)
