@@ -135,7 +135,10 @@ const tlsFiles = (options: ConnectionOptions.ConnectionOptions): TlsFiles => {
           : {}),
         ...(crls.length > 0 ? { crl: crls } : {}),
         minVersion: options.sslMinProtocolVersion ?? "TLSv1.2",
-        ...(options.sslMaxProtocolVersion !== undefined ? { maxVersion: options.sslMaxProtocolVersion } : {})
+        ...(options.sslMaxProtocolVersion !== undefined ? { maxVersion: options.sslMaxProtocolVersion } : {}),
+        // the classical groups libpq's OpenSSL offers; Node's default also sends a hybrid ML-KEM key share, which
+        // costs ~5-10% of a cancel's TLS time and protects nothing here (a cancel key dies with its backend)
+        ecdhCurve: "X25519:prime256v1:secp384r1"
       })
     } catch (cause) {
       // e.g. an encrypted client key with a wrong or missing sslpassword
