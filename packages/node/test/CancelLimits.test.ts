@@ -6,8 +6,11 @@ import { assert, layer } from "@effect/vitest"
 import { CancelConnection, CancelKey } from "@pqcancel/core"
 import { NodeTransport } from "@pqcancel/node"
 import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as Redacted from "effect/Redacted"
+import * as Stream from "effect/Stream"
 import { assertCancelled, conninfo, sessionInfo, sleepingQuery } from "./fixtures.ts"
 
 const cluster = EmbeddedPostgres.layer({
@@ -96,6 +99,36 @@ layer(cluster, { excludeTestServices: true, concurrent: false, timeout: "60 seco
       )
       assert.isTrue(interrupted._tag === "None" || interrupted._tag === "Some")
       // let Node finish closing what the Scopes destroyed
+      yield* Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
+      assert.isAtMost(openHandles(), before)
+    }).pipe(Effect.provide(NodeTransport.layer)))
+
+  it.effect("interrupting blocking at each status transition leaves no socket behind", () =>
+    Effect.gen(function*() {
+      const pg = yield* EmbeddedPostgres.EmbeddedPostgres
+      const session = yield* TestSession.connectTo(pg, { tls: "sslrequest" })
+      const info = yield* sessionInfo(
+        session,
+        conninfo(pg, "tcp", { sslmode: "verify-full", sslrootcert: pg.caCertPath, host: "localhost" })
+      )
+      const before = openHandles()
+      // the transitions of a TLS cancel: STARTED, SSL_STARTUP, AWAITING_RESPONSE
+      for (const target of ["STARTED", "SSL_STARTUP", "AWAITING_RESPONSE"] as const) {
+        yield* Effect.scoped(Effect.gen(function*() {
+          const connection = yield* CancelConnection.make(info)
+          const reached = yield* Deferred.make<void>()
+          yield* connection.changes.pipe(
+            Stream.runForEach((t) => t.status === target ? Deferred.succeed(reached, undefined) : Effect.void),
+            Effect.forkScoped
+          )
+          const fiber = yield* connection.blocking().pipe(Effect.forkChild)
+          yield* Deferred.await(reached)
+          yield* Fiber.interrupt(fiber)
+          // after an interruption the connection can be reset and used again
+          yield* connection.reset
+          assert.strictEqual(yield* connection.status, "ALLOCATED")
+        }))
+      }
       yield* Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
       assert.isAtMost(openHandles(), before)
     }).pipe(Effect.provide(NodeTransport.layer)))
