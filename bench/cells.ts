@@ -1,8 +1,9 @@
 /**
  * What is measured: the transport × protocol cells and the systems, with the support matrix ("n/a" cells).
  */
-import type { ConnectionOptions } from "@pqcancel/core"
+import { ConnectionOptions } from "@pqcancel/core"
 import type { Cluster } from "@pqcancel/test-utils/EmbeddedPostgres"
+import * as Result from "effect/Result"
 
 export type TransportName = "tcp" | "tls" | "direct" | "unix"
 export type Protocol = "3.0" | "3.2"
@@ -90,37 +91,8 @@ export const libpqConninfo = (cluster: Cluster, cell: Cell, extra?: Record<strin
   })
 
 /**
- * The cancel-relevant options pqcancel gets for a cell: the same as libpq's defaults plus the cell's sslmode,
- * sslnegotiation and protocol. Built by hand (the conninfo parser, `ConnectionOptions.fromString`, is not in this
- * tree yet); swap for `ConnectionOptions.fromString(libpqConninfo(cluster, cell))` once it lands.
+ * The options pqcancel gets for a cell: parsed from the same conninfo as libpq's sessions (libpq's defaults plus the
+ * cell's sslmode, sslnegotiation and protocol).
  */
-export const pqcancelOptions = (cluster: Cluster, cell: Cell): ConnectionOptions.ConnectionOptions => {
-  const host: ConnectionOptions.HostEntry = cell.transport === "unix"
-    ? { _tag: "Unix", directory: cluster.socketDir, port: cluster.port }
-    : { _tag: "Tcp", host: cluster.host, hostaddr: undefined, port: cluster.port }
-  return {
-    hosts: [host],
-    connectTimeout: undefined,
-    keepalives: true,
-    keepalivesIdle: undefined,
-    keepalivesInterval: undefined,
-    keepalivesCount: undefined,
-    tcpUserTimeout: undefined,
-    sslmode: encrypted(cell) ? "require" : "disable",
-    sslnegotiation: cell.transport === "direct" ? "direct" : "postgres",
-    gssencmode: "prefer",
-    sslrootcert: undefined,
-    sslcert: undefined,
-    sslkey: undefined,
-    sslpassword: undefined,
-    sslcrl: undefined,
-    sslcrldir: undefined,
-    sslsni: true,
-    sslMinProtocolVersion: "TLSv1.2",
-    sslMaxProtocolVersion: undefined,
-    minProtocolVersion: "3.0",
-    maxProtocolVersion: cell.protocol,
-    requirepeer: undefined,
-    krbsrvname: undefined
-  }
-}
+export const pqcancelOptions = (cluster: Cluster, cell: Cell): ConnectionOptions.ConnectionOptions =>
+  Result.getOrThrow(ConnectionOptions.fromStringResult(libpqConninfo(cluster, cell), {}))

@@ -23,7 +23,13 @@ const i = argv.indexOf("--n")
 const n = i === -1 ? 20000 : Number(argv[i + 1])
 
 const cell: Cell = { id: "tcp/3.2", transport: "tcp", protocol: "3.2" }
-const fakeCluster = { socketDir: "/tmp", port: 5432, host: "127.0.0.1" } as Parameters<typeof pqcancelOptions>[0]
+const fakeCluster = {
+  socketDir: "/tmp",
+  port: 5432,
+  host: "127.0.0.1",
+  conninfo: (_transport: string, extra: Record<string, string> = {}) =>
+    Object.entries({ host: "127.0.0.1", port: "5432", ...extra }).map(([k, v]) => `${k}=${v}`).join(" ")
+} as unknown as Parameters<typeof pqcancelOptions>[0]
 const options = pqcancelOptions(fakeCluster, cell)
 const key = CancelKey.unsafeMake({ pid: 42, secret: new Uint8Array(32), protocolVersion: "3.2" })
 const session: CancelConnection.SessionInfo = {
