@@ -14,6 +14,7 @@
  * v8.GCProfiler).
  */
 import { CancelConnection, CancelKey } from "@pqcancel/core"
+import { Transport } from "@pqcancel/core/Transport"
 import { NodeTransport } from "@pqcancel/node"
 import * as EmbeddedPostgres from "@pqcancel/test-utils/EmbeddedPostgres"
 import * as TestSession from "@pqcancel/test-utils/TestSession"
@@ -75,9 +76,9 @@ const program = Effect.gen(function*() {
     ],
     [
       "pqcancel blocking",
-      CancelConnection.cancel(info).pipe(Effect.provide(NodeTransport.layer), Effect.orDie)
+      CancelConnection.cancel(info).pipe(Effect.provideService(Transport, NodeTransport.make), Effect.orDie)
     ],
-    ["pqcancel start+poll", startAndPoll(info).pipe(Effect.provide(NodeTransport.layer), Effect.orDie)]
+    ["pqcancel start+poll", startAndPoll(info).pipe(Effect.provideService(Transport, NodeTransport.make), Effect.orDie)]
   ]
   for (let round = 0; round < 2; round++) {
     for (const [name, run] of systems) {
