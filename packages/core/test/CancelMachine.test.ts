@@ -60,6 +60,17 @@ const configOf = (setup: Setup): CancelMachine.MachineConfig =>
     legacy: setup.legacy
   })
 
+// a TCP cancel with SSLRequest negotiation, no GSS
+const tcpConfig = (sslmode: ConnectionOptions.SslMode) =>
+  configOf({
+    sslmode,
+    sslnegotiation: "postgres",
+    gssencmode: "disable",
+    gssAvailable: false,
+    unix: false,
+    legacy: false
+  })
+
 const bytes = (s: string) => new TextEncoder().encode(s)
 const EventChoices: ReadonlyArray<CancelMachine.Event> = [
   CancelMachine.Events.start,
@@ -273,14 +284,7 @@ describe("CancelMachine", () => {
   )
 
   it("prefixes errors with the host like libpq", () => {
-    const config = configOf({
-      sslmode: "require",
-      sslnegotiation: "postgres",
-      gssencmode: "disable",
-      gssAvailable: false,
-      unix: false,
-      legacy: false
-    })
+    const config = tcpConfig("require")
     let state = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start).state
     state = CancelMachine.step(config, state, CancelMachine.Events.connected).state
     state = CancelMachine.step(config, state, { _tag: "Data", bytes: bytes("N") }).state
@@ -291,14 +295,7 @@ describe("CancelMachine", () => {
   })
 
   it("data pipelined after 'S' is refused (buffer stuffing)", () => {
-    const config = configOf({
-      sslmode: "prefer",
-      sslnegotiation: "postgres",
-      gssencmode: "disable",
-      gssAvailable: false,
-      unix: false,
-      legacy: false
-    })
+    const config = tcpConfig("prefer")
     let state = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start).state
     state = CancelMachine.step(config, state, CancelMachine.Events.connected).state
     const next = CancelMachine.step(config, state, { _tag: "Data", bytes: bytes("SX") })
@@ -308,14 +305,7 @@ describe("CancelMachine", () => {
   })
 
   it("poll before start is libpq's invalid state; start twice is refused", () => {
-    const config = configOf({
-      sslmode: "disable",
-      sslnegotiation: "postgres",
-      gssencmode: "disable",
-      gssAvailable: false,
-      unix: false,
-      legacy: false
-    })
+    const config = tcpConfig("disable")
     const polled = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.poll).state
     assert.strictEqual(polled.status, "BAD")
     assert.include(polled.error, "invalid connection state, probably indicative of memory corruption")
@@ -328,14 +318,7 @@ describe("CancelMachine", () => {
   })
 
   it("never exposes the key: configs and steps print the CancelRequest as redacted", () => {
-    const config = configOf({
-      sslmode: "disable",
-      sslnegotiation: "postgres",
-      gssencmode: "disable",
-      gssAvailable: false,
-      unix: false,
-      legacy: false
-    })
+    const config = tcpConfig("disable")
     let state = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start).state
     const sent = CancelMachine.step(config, state, CancelMachine.Events.connected)
     state = sent.state
