@@ -117,6 +117,8 @@ export type Event =
     readonly errno?: number | undefined
   }
   | { readonly _tag: "Data"; readonly bytes: Uint8Array }
+  /** the transport refused the connected peer (libpq's `requirepeer` checks on unix sockets) */
+  | { readonly _tag: "PeerRejected"; readonly message: string }
   | { readonly _tag: "Eof" }
   | { readonly _tag: "IoError"; readonly code: string | undefined; readonly message: string }
   | { readonly _tag: "TlsEstablished"; readonly alpn: string | false }
@@ -511,6 +513,10 @@ export const step = (config: MachineConfig, state: State, event: Event): Step =>
     case "ConnectFailed": {
       if (state.status !== "STARTED") return result(state)
       return bad(state, connectFailure(config, event.message, event.errno))
+    }
+    case "PeerRejected": {
+      if (state.status !== "STARTED") return result(state)
+      return bad(state, event.message)
     }
     case "Connected": {
       if (state.status !== "STARTED") return result(state)

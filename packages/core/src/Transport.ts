@@ -34,6 +34,7 @@ export type TransportEvent = Extract<
     readonly _tag:
       | "Connected"
       | "ConnectFailed"
+      | "PeerRejected"
       | "Data"
       | "Eof"
       | "IoError"

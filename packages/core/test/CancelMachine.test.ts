@@ -92,7 +92,8 @@ const EventChoices: ReadonlyArray<CancelMachine.Event> = [
   { _tag: "TlsFailed", message: "SSL error: certificate verify failed" },
   CancelMachine.Events.gssEstablished,
   { _tag: "GssFailed", message: "GSSAPI encryption is not supported" },
-  CancelMachine.Events.deadline
+  CancelMachine.Events.deadline,
+  { _tag: "PeerRejected", message: "requirepeer parameter is not supported on this platform" }
 ]
 const EventIndexes = Arbitrary.array(
   Arbitrary.schema(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: EventChoices.length - 1 }))),
@@ -125,7 +126,8 @@ const knownMessage = [
   // strerror texts of a failed connect()
   /^(Connection refused|Connection reset by peer|Input\/output error)$/,
   /^\tIs the server running (on that host and accepting TCP\/IP connections|locally and accepting connections on that socket)\?$/,
-  /^PQcancel\(\) -- connect\(\) failed: .+$/
+  /^PQcancel\(\) -- connect\(\) failed: .+$/,
+  /^requirepeer parameter is not supported on this platform$/
 ]
 const prefix = /^connection to server (at "[^"]+"( \([^)]+\))?, port \d+|on socket "[^"]+") failed: /
 

@@ -256,6 +256,11 @@ const connect = (request: TransportNs.ConnectRequest): Effect.Effect<TransportNs
     raw.on("error", onError)
     raw.once("connect", () => {
       connected = true
+      if (request.address._tag === "Unix" && request.options.requirepeer !== undefined) {
+        // Node cannot read the peer's credentials (SO_PEERCRED): refuse, as libpq does where it cannot check
+        emit({ _tag: "PeerRejected", message: "requirepeer parameter is not supported on this platform" })
+        return
+      }
       if (request.address._tag === "Tcp") applyKeepalives(raw, request.options)
       emit({ _tag: "Connected" })
     })

@@ -11,7 +11,7 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
-import { assertCancelled, conninfo, sessionInfo, sleepingQuery } from "./fixtures.ts"
+import { assertCancelled, assertStillSleeping, conninfo, sessionInfo, sleepingQuery } from "./fixtures.ts"
 
 const cluster = EmbeddedPostgres.layer({
   version: 18,
@@ -131,5 +131,22 @@ layer(cluster, { excludeTestServices: true, concurrent: false, timeout: "60 seco
       }
       yield* Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
       assert.isAtMost(openHandles(), before)
+    }).pipe(Effect.provide(NodeTransport.layer)))
+
+  it.effect("requirepeer on a unix socket is refused (Node cannot read peer credentials); the key is never sent", () =>
+    Effect.gen(function*() {
+      const pg = yield* EmbeddedPostgres.EmbeddedPostgres
+      const session = yield* TestSession.connectTo(pg, { transport: "unix" })
+      const monitor = yield* TestSession.connectTo(pg, { transport: "unix" })
+      const info = yield* sessionInfo(session, conninfo(pg, "unix", { requirepeer: "nobody" }))
+      const pending = yield* sleepingQuery(session, monitor)
+      const error = yield* Effect.flip(CancelConnection.cancel(info))
+      assert.strictEqual(
+        error.message,
+        `connection to server on socket "${pg.socketPath}" failed: requirepeer parameter is not supported on this platform`
+      )
+      yield* assertStillSleeping(monitor, session)
+      yield* CancelConnection.cancel({ ...info, options: { ...info.options, requirepeer: undefined } })
+      yield* assertCancelled(pending)
     }).pipe(Effect.provide(NodeTransport.layer)))
 })
