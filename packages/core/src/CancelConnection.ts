@@ -359,4 +359,15 @@ export const cancel = (
   session: SessionInfo,
   options?: { readonly timeout?: Duration.Input | undefined }
 ): Effect.Effect<void, CancelCreateError | CancelFailed | CancelTimeout, Transport> =>
-  Effect.scoped(Effect.flatMap(make(session), (connection) => connection.blocking(options)))
+  Effect.scoped(Effect.flatMap(make(session), (connection) => connection.blocking(options))).pipe(
+    // what a trace may show: where the cancel went and how; never the key
+    Effect.withSpan("pqcancel.cancel", {
+      attributes: {
+        "server.address": session.address._tag === "Unix" ? session.address.path : session.address.address,
+        "server.port": session.address._tag === "Unix" ? undefined : session.address.port,
+        "db.postgresql.backend_pid": session.key?.pid,
+        "pqcancel.sslmode": session.options.sslmode,
+        "pqcancel.sslnegotiation": session.options.sslnegotiation
+      }
+    })
+  )

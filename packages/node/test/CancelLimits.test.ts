@@ -9,8 +9,11 @@ import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
+import * as Logger from "effect/Logger"
 import * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
+import * as Tracer from "effect/Tracer"
+import * as Util from "node:util"
 import { assertCancelled, assertStillSleeping, conninfo, sessionInfo, sleepingQuery } from "./fixtures.ts"
 
 const cluster = EmbeddedPostgres.layer({
@@ -148,5 +151,57 @@ layer(cluster, { excludeTestServices: true, concurrent: false, timeout: "60 seco
       yield* assertStillSleeping(monitor, session)
       yield* CancelConnection.cancel({ ...info, options: { ...info.options, requirepeer: undefined } })
       yield* assertCancelled(pending)
+    }).pipe(Effect.provide(NodeTransport.layer)))
+
+  it.effect("spans and logs of a cancel never carry the key", () =>
+    Effect.gen(function*() {
+      const pg = yield* EmbeddedPostgres.EmbeddedPostgres
+      const session = yield* TestSession.connectTo(pg, { protocol: "3.2" })
+      const monitor = yield* TestSession.connectTo(pg, { transport: "unix" })
+      const info = yield* sessionInfo(session, conninfo(pg, "tcp", { sslmode: "disable" }))
+      const secret = Buffer.from(session.backendKey.secret)
+      const base = yield* Tracer.Tracer
+      const spans: Array<Tracer.Span> = []
+      const recording = Tracer.make({
+        span: (options) => {
+          const span = base.span(options)
+          spans.push(span)
+          return span
+        },
+        context: base.context
+      })
+      const pending = yield* sleepingQuery(session, monitor)
+      const logged: Array<string> = []
+      const logger = Logger.make((entry) => {
+        logged.push(Util.inspect(entry.message, { depth: 10, compact: true, breakLength: Infinity }))
+      })
+      yield* CancelConnection.cancel(info).pipe(
+        Effect.tap(() => Effect.logInfo("cancelled", info)),
+        Effect.provideService(Tracer.Tracer, recording),
+        Effect.provide(Logger.layer([logger]))
+      )
+      yield* assertCancelled(pending)
+      const cancelSpan = spans.find((s) => s.name === "pqcancel.cancel")
+      assert.isDefined(cancelSpan)
+      assert.strictEqual(cancelSpan?.attributes.get("db.postgresql.backend_pid"), session.backendKey.pid)
+      const traced = spans.map((s) =>
+        Util.inspect({ name: s.name, attributes: [...s.attributes] }, {
+          depth: 10,
+          compact: true,
+          breakLength: Infinity
+        })
+      )
+      for (const text of [...traced, ...logged]) {
+        const forms = [
+          secret.toString("hex"),
+          secret.toString("hex").replace(/(..)(?!$)/g, "$1 "), // <Buffer de ad …>
+          secret.toString("base64"),
+          Array.from(secret).join(", ") // Uint8Array(32) [ 222, 173, … ]
+        ]
+        for (const form of forms) {
+          assert.notInclude(text, form)
+        }
+      }
+      assert.isAbove(logged.length, 0)
     }).pipe(Effect.provide(NodeTransport.layer)))
 })
