@@ -32,6 +32,7 @@ import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Redacted from "effect/Redacted"
+import type * as Result from "effect/Result"
 import * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
 import * as Stream from "effect/Stream"
@@ -371,3 +372,18 @@ export const cancel = (
       }
     })
   )
+
+/**
+ * Cancel what many sessions are running (e.g. at shutdown), at most `concurrency` at a time (default 32) so the
+ * event loop and the server's postmaster are not flooded; each outcome is reported, none stops the others.
+ *
+ * @category combinators
+ * @since 0.1.0
+ */
+export const cancelAll = (
+  sessions: Iterable<SessionInfo>,
+  options?: { readonly concurrency?: number | undefined; readonly timeout?: Duration.Input | undefined }
+): Effect.Effect<Array<Result.Result<void, CancelCreateError | CancelFailed | CancelTimeout>>, never, Transport> =>
+  Effect.forEach(sessions, (session) => Effect.result(cancel(session, { timeout: options?.timeout })), {
+    concurrency: options?.concurrency ?? 32
+  })

@@ -3,10 +3,19 @@
  * name and verify-ca with a wrong CA fail before any key is sent (the query keeps running).
  */
 import { assert, layer } from "@effect/vitest"
+import { CancelConnection } from "@pqcancel/core"
 import { NodeTransport } from "@pqcancel/node"
-import { EmbeddedPostgres } from "@pqcancel/test-utils"
+import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
 import * as Effect from "effect/Effect"
-import { assertCancelled, assertStillSleeping, cancelWith, conninfo, runCancel, sessionInfo } from "./fixtures.ts"
+import {
+  assertCancelled,
+  assertStillSleeping,
+  cancelWith,
+  conninfo,
+  runCancel,
+  sessionInfo,
+  sleepingQuery
+} from "./fixtures.ts"
 
 layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 seconds" })(
   "sslmode against a TLS server",
@@ -123,6 +132,26 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
         ).pipe(Effect.provide(NodeTransport.layer))
         assert.isTrue(cancelled.ok)
         yield* assertCancelled(required.pending)
+      }))
+
+    it.effect("cancelAll cancels many sessions with a concurrency limit and reports each outcome", () =>
+      Effect.gen(function*() {
+        const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+        const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+        const sessions = yield* Effect.all(Array.from({ length: 5 }, () => TestSession.connectTo(cluster, {})))
+        const infos = yield* Effect.forEach(
+          sessions,
+          (s) => sessionInfo(s, conninfo(cluster, "tcp", { sslmode: "require" }))
+        )
+        const pending = yield* Effect.forEach(sessions, (s) => sleepingQuery(s, monitor))
+        // one session with an impossible requirement: its failure is reported, the others still go out
+        const bad = { ...infos[0]!, options: { ...infos[0]!.options, gssencmode: "require" as const } }
+        const results = yield* CancelConnection.cancelAll([bad, ...infos.slice(1)], { concurrency: 2 }).pipe(
+          Effect.provide(NodeTransport.layer)
+        )
+        assert.deepStrictEqual(results.map((r) => r._tag), ["Failure", "Success", "Success", "Success", "Success"])
+        for (const p of pending.slice(1)) yield* assertCancelled(p)
+        yield* assertStillSleeping(monitor, sessions[0]!)
       }))
   }
 )
