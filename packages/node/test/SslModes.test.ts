@@ -84,6 +84,25 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
         yield* assertStillSleeping(result.monitor, result.session)
       }))
 
+    it.effect("sslcrl: a CRL that revokes the server certificate fails the handshake; one that does not, passes", () =>
+      Effect.gen(function*() {
+        const revoked = yield* cancelWith((c) => ({
+          sslmode: "verify-ca",
+          sslrootcert: c.caCertPath,
+          sslcrl: EmbeddedPostgres.fixturePath("server-revoked.crl")
+        }))
+        assert.isFalse(revoked.ok)
+        assert.match(revoked.error ?? "", /failed: SSL error: certificate verify failed$/)
+        yield* assertStillSleeping(revoked.monitor, revoked.session)
+        const clean = yield* cancelWith((c) => ({
+          sslmode: "verify-ca",
+          sslrootcert: c.caCertPath,
+          sslcrl: EmbeddedPostgres.fixturePath("empty.crl")
+        }))
+        assert.isTrue(clean.ok, clean.error)
+        yield* assertCancelled(clean.pending)
+      }))
+
     it.effect("sslrootcert=system verifies against the system's roots (which do not hold the test CA)", () =>
       Effect.gen(function*() {
         const result = yield* cancelWith(() => ({ sslmode: "verify-full", sslrootcert: "system", host: "localhost" }))

@@ -6,8 +6,10 @@
 #   wrong-ca.crt / wrong-ca.key      an unrelated CA (verify-ca / verify-full failure tests)
 #   client.crt / client.key          CN=postgres, for `cert` authentication, signed by ca
 #   client-encrypted.key             the client key as encrypted PKCS#8, passphrase "secret"
+#   empty.crl / server-revoked.crl   CRLs of ca: nothing revoked / server.crt revoked (sslcrl tests)
 #
-# Usage: sh packages/test-utils/scripts/gen-certs.sh   (writes into packages/test-utils/fixtures)
+# Usage: sh packages/test-utils/scripts/gen-certs.sh       (everything, into packages/test-utils/fixtures)
+#        sh packages/test-utils/scripts/gen-certs.sh crl   (only the CRLs, for the existing CA and server cert)
 set -eu
 
 out="$(cd "$(dirname "$0")/.." && pwd)/fixtures"
@@ -17,6 +19,29 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
 days=36500
+
+crls() {
+  cat > "$tmp/ca.cnf" <<CNF
+[ ca ]
+default_ca = test
+[ test ]
+database = $tmp/index.txt
+crlnumber = $tmp/crlnumber
+default_md = sha256
+default_crl_days = $days
+CNF
+  : > "$tmp/index.txt"
+  echo 01 > "$tmp/crlnumber"
+  openssl ca -config "$tmp/ca.cnf" -keyfile ca.key -cert ca.crt -gencrl -out empty.crl 2>/dev/null
+  openssl ca -config "$tmp/ca.cnf" -keyfile ca.key -cert ca.crt -revoke server.crt 2>/dev/null
+  openssl ca -config "$tmp/ca.cnf" -keyfile ca.key -cert ca.crt -gencrl -out server-revoked.crl 2>/dev/null
+  chmod 0644 ./*.crl
+}
+
+if [ "${1:-}" = "crl" ]; then
+  crls
+  exit 0
+fi
 
 ca() { # name subject
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 \
@@ -54,4 +79,5 @@ openssl pkcs8 -topk8 -v2 aes-256-cbc -in client.key -out client-encrypted.key -p
 
 chmod 0644 ./*.crt
 chmod 0600 ./*.key
+crls
 openssl verify -CAfile ca.crt server.crt client.crt
