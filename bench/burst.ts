@@ -168,6 +168,16 @@ export const runBursts = Effect.fnUntraced(function*(options: {
             )
           case "pqcancel-poll":
             return byPg(Effect.forEach(infos, startAndPoll, { concurrency: "unbounded", discard: true }))
+          case "pqcancel-all":
+            return byPg(
+              CancelConnection.cancelAll(infos, { concurrency: 32 }).pipe(
+                Effect.flatMap((results) =>
+                  results.every((r) => r._tag === "Success")
+                    ? Effect.void
+                    : Effect.fail(failure("pqcancel cancelAll: a cancel failed"))
+                )
+              )
+            )
           case "pg":
             return byPg(Effect.tryPromise({
               try: () => Promise.all(clients.map((client) => pgCancel(client, cancelConfig))),

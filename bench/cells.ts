@@ -28,6 +28,7 @@ export const allCells: ReadonlyArray<Cell> = (["tcp", "tls", "direct", "unix"] a
 export type SystemId =
   | "pqcancel-blocking"
   | "pqcancel-poll"
+  | "pqcancel-all"
   | "libpq-blocking"
   | "libpq-poll"
   | "libpq-legacy"
@@ -48,6 +49,12 @@ const encrypted = (cell: Cell) => cell.transport === "tls" || cell.transport ===
 export const systems: ReadonlyArray<System> = [
   { id: "pqcancel-blocking", label: "pqcancel blocking", kind: "pqcancel", unsupported: () => undefined },
   { id: "pqcancel-poll", label: "pqcancel start+poll", kind: "pqcancel", unsupported: () => undefined },
+  {
+    id: "pqcancel-all",
+    label: "pqcancel cancelAll (concurrency 32)",
+    kind: "pqcancel",
+    unsupported: () => "bursts only"
+  },
   { id: "libpq-blocking", label: "libpq PQcancelBlocking", kind: "libpq", unsupported: () => undefined },
   { id: "libpq-poll", label: "libpq PQcancelStart+Poll", kind: "libpq", unsupported: () => undefined },
   {

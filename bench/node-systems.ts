@@ -365,6 +365,8 @@ export const makeCellRunner = Effect.fnUntraced(function*(
       case "pqcancel-blocking":
       case "pqcancel-poll":
         return pqcancelSample(system)
+      case "pqcancel-all":
+        return Effect.fail(benchError("pqcancel cancelAll")(new Error("bursts only")))
       case "libpq-blocking":
         return libpqSample("blocking")
       case "libpq-poll":

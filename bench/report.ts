@@ -239,6 +239,7 @@ export const renderTables = (report: Report): string => {
 const colors: Record<SystemId, string> = {
   "pqcancel-blocking": "#1f77b4",
   "pqcancel-poll": "#6baed6",
+  "pqcancel-all": "#17becf",
   "libpq-blocking": "#d62728",
   "libpq-poll": "#ff9896",
   "libpq-legacy": "#8c564b",
