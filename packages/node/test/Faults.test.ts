@@ -374,6 +374,27 @@ describe("TLS", () => {
       assert.strictEqual(yield* fake.connections, 1)
     }))
 
+  it.live("9b. sslsni: SNI carries the host name; none with sslsni=0 or for an IP address", () =>
+    Effect.gen(function*() {
+      const script = [
+        { expect: "sslRequest" },
+        { reply: "S" },
+        { tlsUpgrade: FakePostmaster.serverTls() },
+        { expect: "cancelRequest" }
+      ] as const
+      const cases = [
+        [`host=localhost sslmode=require`, "localhost"],
+        [`host=localhost sslmode=require sslsni=0`, false],
+        [`host=127.0.0.1 sslmode=require`, false]
+      ] as const
+      for (const [conninfo, expected] of cases) {
+        const fake = yield* FakePostmaster.make({ script: [...script] })
+        yield* cancelOk(yield* session(fake.port, conninfo))
+        const record = yield* fake.awaitFinished(0)
+        assert.strictEqual(record.tls?.servername, expected, conninfo)
+      }
+    }))
+
   it.live("10a. sslnegotiation=direct: a ClientHello first (no SSLRequest), ALPN postgresql", () =>
     Effect.gen(function*() {
       const fake = yield* FakePostmaster.make({

@@ -133,8 +133,10 @@ export interface ConnectionRecord {
   readonly wire: Uint8Array
   /** The bytes received before TLS was established (all of them when TLS never was). */
   readonly plaintext: Uint8Array
-  /** Set once TLS is established. */
-  readonly tls: { readonly protocol: string | null; readonly alpn: string | false } | undefined
+  /** Set once TLS is established; `servername` is the SNI the client sent (false when none). */
+  readonly tls:
+    | { readonly protocol: string | null; readonly alpn: string | false; readonly servername: string | false }
+    | undefined
   readonly finished: boolean
   readonly outcome: Outcome | undefined
   readonly detail: string
@@ -247,7 +249,9 @@ interface MutableRecord {
   wireLength: number
   /** Set when TLS starts: the number of wire bytes that were not TLS. */
   plaintextLength: number | undefined
-  tls: { readonly protocol: string | null; readonly alpn: string | false } | undefined
+  tls:
+    | { readonly protocol: string | null; readonly alpn: string | false; readonly servername: string | false }
+    | undefined
   finished: boolean
   outcome: Outcome | undefined
   detail: string
@@ -379,7 +383,12 @@ const handle = (socket: Net.Socket, r: MutableRecord, steps: ReadonlyArray<Step>
         tls.on("error", () => {})
         secure = tls
         stream = tls
-        r.tls = { protocol: tls.getProtocol(), alpn: tls.alpnProtocol ?? false }
+        const servername = (tls as Tls.TLSSocket & { readonly servername?: string | false }).servername
+        r.tls = {
+          protocol: tls.getProtocol(),
+          alpn: tls.alpnProtocol ?? false,
+          servername: typeof servername === "string" ? servername : false
+        }
         signal.notify()
         if (options.requireAlpn === true && tls.alpnProtocol !== "postgresql") {
           tls.destroy()

@@ -121,7 +121,7 @@ describe("FakePostmaster", () => {
       yield* awaitEnd(tls)
       const record = yield* fake.awaitFinished(0)
       assert.strictEqual(record.outcome, "completed")
-      assert.deepStrictEqual(record.tls, { protocol: "TLSv1.3", alpn: "postgresql" })
+      assert.deepStrictEqual(record.tls, { protocol: "TLSv1.3", alpn: "postgresql", servername: "localhost" })
       assert.deepStrictEqual(record.packets.map((p) => [p.kind, p.tls]), [["tlsClientHello", false], [
         "cancelRequest",
         true
