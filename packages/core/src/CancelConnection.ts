@@ -184,6 +184,13 @@ const makeWith = Effect.fnUntraced(function*(
     )
   )
 
+  // tell the watchers, if any, when the status changed
+  const publish = (before: CancelMachine.Status): void => {
+    if (live.state.status === before || watchers.size === 0) return
+    lastTransition = transition()
+    for (const watcher of watchers) watcher(lastTransition)
+  }
+
   const closeSocket = Effect.suspend(() => {
     const scope = live.scope
     live.scope = undefined
@@ -224,10 +231,7 @@ const makeWith = Effect.fnUntraced(function*(
       const before = live.state.status
       const next = CancelMachine.step(config!, live.state, event)
       live.state = next.state
-      if (next.state.status !== before && watchers.size > 0) {
-        lastTransition = transition()
-        for (const watcher of watchers) watcher(lastTransition)
-      }
+      publish(before)
       const actions = next.actions
       if (actions.length === 0) return Effect.succeed(next)
       if (actions.length === 1) return Effect.as(perform(actions[0]!), next)
@@ -294,7 +298,9 @@ const makeWith = Effect.fnUntraced(function*(
   }).pipe(lock.withPermits(1))
 
   const finish = Effect.suspend(() => {
+    const before = live.state.status
     live.state = CancelMachine.failedState("")
+    publish(before)
     return closeSocket
   }).pipe(lock.withPermits(1))
 
