@@ -378,6 +378,11 @@ const handle = (socket: Net.Socket, r: MutableRecord, steps: ReadonlyArray<Step>
       const tls = new Tls.TLSSocket(duplex, tlsOptions)
       const onError = (error: Error) => resume(Effect.fail(new Ended({ outcome: "tlsError", detail: error.message })))
       tls.once("error", onError)
+      // the client may hang up instead of sending a ClientHello: end the step instead of waiting forever
+      tls.once("close", () =>
+        resume(
+          Effect.fail(new Ended({ outcome: "peerClosed", detail: "closed before the TLS handshake completed" }))
+        ))
       tls.once("secure", () => {
         tls.off("error", onError)
         tls.on("error", () => {})

@@ -85,6 +85,25 @@ describe("FakePostmaster", () => {
       assert.strictEqual(yield* fake.connections, 1)
     }))
 
+  it.live("a client that hangs up instead of starting TLS ends the connection (no wait forever)", () =>
+    Effect.gen(function*() {
+      const fake = yield* FakePostmaster.make({
+        script: [
+          { expect: "sslRequest" },
+          { reply: "S" },
+          { tlsUpgrade: FakePostmaster.serverTls() },
+          { expect: "cancelRequest" }
+        ]
+      })
+      const raw = yield* connectRaw(fake.port)
+      raw.write(sslRequest)
+      assert.strictEqual((yield* readOnce(raw)).toString("latin1"), "S")
+      raw.end()
+      const record = yield* fake.awaitFinished(0)
+      assert.strictEqual(record.outcome, "peerClosed")
+      assert.isUndefined(record.tls)
+    }))
+
   it.live("SSLRequest answered N, then a plaintext CancelRequest is recorded as plaintext", () =>
     Effect.gen(function*() {
       const fake = yield* FakePostmaster.make({
