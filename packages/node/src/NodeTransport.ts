@@ -57,12 +57,8 @@ export const errorText = (error: NodeJS.ErrnoException): string =>
   (error.code !== undefined ? strerror[error.code] : undefined) ?? error.message
 
 interface TlsFiles {
-  readonly ca: Buffer | undefined
-  readonly useSystemCa: boolean
-  readonly caPath: string | undefined
-  readonly cert: Buffer | undefined
-  readonly key: Buffer | undefined
-  readonly crl: ReadonlyArray<Buffer> | undefined
+  /** a root certificate (file or system store) is configured: libpq then verifies the chain in every sslmode */
+  readonly verifyChain: boolean
   readonly error: string | undefined
   /** built once per options object: parsing certificates and keys is the costly part of a TLS setup */
   readonly secureContext: Tls.SecureContext | undefined
@@ -145,16 +141,7 @@ const tlsFiles = (options: ConnectionOptions.ConnectionOptions): TlsFiles => {
       error = keyLoadError(keyPath, cause)
     }
   }
-  const files: TlsFiles = {
-    ca,
-    useSystemCa,
-    caPath,
-    cert,
-    key,
-    crl: crls.length === 0 ? undefined : crls,
-    error,
-    secureContext
-  }
+  const files: TlsFiles = { verifyChain: ca !== undefined || useSystemCa, error, secureContext }
   tlsFilesCache.set(options, files)
   return files
 }
@@ -202,8 +189,7 @@ const tlsOptions = (
   request: CancelMachine.TlsRequest,
   files: TlsFiles
 ): Tls.ConnectionOptions => {
-  const verifyChain = request.sslmode === "verify-ca" || request.sslmode === "verify-full" ||
-    files.ca !== undefined || files.useSystemCa
+  const verifyChain = request.sslmode === "verify-ca" || request.sslmode === "verify-full" || files.verifyChain
   const verifyHost = request.sslmode === "verify-full" ? request.verifyHost : undefined
   return {
     socket,
