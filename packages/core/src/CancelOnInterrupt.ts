@@ -85,10 +85,7 @@ export const cancelOnInterrupt = <A, E, R>(
         Effect.onInterrupt(() =>
           Effect.gen(function*() {
             if (fiber.pollUnsafe() !== undefined) return
-            const cancelTimeout = options.cancelTimeout ??
-              (options.session.options.connectTimeout === undefined
-                ? Duration.seconds(5)
-                : Duration.seconds(options.session.options.connectTimeout))
+            const cancelTimeout = options.cancelTimeout ?? Duration.seconds(options.session.options.connectTimeout ?? 5)
             const sent = yield* Effect.exit(CancelConnection.cancel(options.session, { timeout: cancelTimeout }))
             const onUnsafe = options.onUnsafe ?? (() => Effect.void)
             if (Exit.isFailure(sent)) {
