@@ -9,7 +9,7 @@
  */
 import { CancelConnection } from "@pqcancel/core"
 import type { Transport } from "@pqcancel/core/Transport"
-import { PgAdapter } from "@pqcancel/node"
+import * as PgAdapter from "@pqcancel/node/PgAdapter"
 import type { Cluster } from "@pqcancel/test-utils/EmbeddedPostgres"
 import type * as TestSession from "@pqcancel/test-utils/TestSession"
 import * as Effect from "effect/Effect"

@@ -8,7 +8,8 @@
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { CancelConnection, ConnectionOptions } from "@pqcancel/core"
-import { NodeTransport, PgAdapter } from "@pqcancel/node"
+import { NodeTransport } from "@pqcancel/node"
+import * as PgAdapter from "@pqcancel/node/PgAdapter"
 import { EmbeddedPostgres } from "@pqcancel/test-utils"
 import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"

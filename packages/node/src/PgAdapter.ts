@@ -10,7 +10,8 @@
  * ```ts
  * import * as Effect from "effect/Effect"
  * import { ConnectionOptions } from "@pqcancel/core"
- * import { NodeTransport, PgAdapter } from "@pqcancel/node"
+ * import { NodeTransport } from "@pqcancel/node"
+ * import * as PgAdapter from "@pqcancel/node/PgAdapter"
  * import pg from "pg"
  *
  * declare const client: pg.Client // connected

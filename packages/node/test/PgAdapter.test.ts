@@ -4,7 +4,8 @@
  */
 import { assert, layer } from "@effect/vitest"
 import { ConnectionOptions } from "@pqcancel/core"
-import { NodeTransport, PgAdapter } from "@pqcancel/node"
+import { NodeTransport } from "@pqcancel/node"
+import * as PgAdapter from "@pqcancel/node/PgAdapter"
 import { EmbeddedPostgres } from "@pqcancel/test-utils"
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
