@@ -81,6 +81,50 @@ export type HostEntry =
   }
 
 /**
+ * In-memory TLS material, as drivers take it (`ssl: { ca, cert, key }` with strings or Buffers, e.g. a CA read from
+ * an environment variable). Certificates and CRLs are PEM text or bytes (a DER-encoded certificate is accepted too);
+ * a list holds several. The private key and its passphrase are `Redacted`.
+ *
+ * Each field takes precedence over its file option: `ca` over `sslrootcert` (also over `sslrootcert=system`),
+ * `cert` over `sslcert`, `key` over `sslkey`, `crl` over `sslcrl` (`sslcrldir` is still read), `passphrase` over
+ * `sslpassword`. A `ca` counts as a root certificate being present, as libpq treats an existing `root.crt`: with
+ * sslmode `prefer` or `require` the server's chain is then verified against it (verify-ca behaviour), and
+ * verify-ca / verify-full need no root certificate file. A `cert` without a `key` falls back to the `sslkey` file
+ * (libpq's `certificate present, but not private key file` when it is missing); a `key` without any certificate is
+ * ignored, as libpq ignores `sslkey` without `sslcert`.
+ *
+ * @example
+ * ```ts
+ * import * as Effect from "effect/Effect"
+ * import * as Redacted from "effect/Redacted"
+ * import { ConnectionOptions } from "@pqcancel/core"
+ *
+ * declare const env: { readonly PG_CA: string; readonly PG_CERT: string; readonly PG_KEY: string }
+ * const program = ConnectionOptions.fromString("host=db.internal sslmode=verify-full").pipe(
+ *   Effect.map((options): ConnectionOptions.ConnectionOptions => ({
+ *     ...options,
+ *     sslMaterial: { ca: env.PG_CA, cert: env.PG_CERT, key: Redacted.make(env.PG_KEY) }
+ *   }))
+ * )
+ * ```
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface SslMaterial {
+  /** trusted root certificate(s); replaces `sslrootcert` */
+  readonly ca?: string | Uint8Array | ReadonlyArray<string | Uint8Array>
+  /** the client certificate (chain); replaces `sslcert` */
+  readonly cert?: string | Uint8Array | ReadonlyArray<string | Uint8Array>
+  /** the client private key (PEM); replaces `sslkey` */
+  readonly key?: Redacted.Redacted<string | Uint8Array>
+  /** certificate revocation list(s); replaces `sslcrl` */
+  readonly crl?: string | Uint8Array | ReadonlyArray<string | Uint8Array>
+  /** the passphrase of an encrypted `key`; replaces `sslpassword` */
+  readonly passphrase?: Redacted.Redacted<string>
+}
+
+/**
  * The validated, cancel-relevant connection options (libpq's after `pqConnectOptions2`).
  *
  * @category models
@@ -113,6 +157,11 @@ export interface ConnectionOptions {
   readonly maxProtocolVersion: "3.0" | "3.2"
   readonly requirepeer: string | undefined
   readonly krbsrvname: string | undefined
+  /**
+   * In-memory TLS material (not a libpq keyword: set it on the resolved options); each field takes precedence over
+   * its file option. See {@link SslMaterial}.
+   */
+  readonly sslMaterial?: SslMaterial | undefined
 }
 
 /**

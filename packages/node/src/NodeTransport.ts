@@ -25,6 +25,7 @@ import * as Layer from "effect/Layer"
 import * as Queue from "effect/Queue"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
+import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Os from "node:os"
@@ -57,7 +58,8 @@ export const errorText = (error: NodeJS.ErrnoException): string =>
   (error.code !== undefined ? strerror[error.code] : undefined) ?? error.message
 
 interface TlsFiles {
-  /** a root certificate (file or system store) is configured: libpq then verifies the chain in every sslmode */
+  /** a root certificate (file, in memory or system store) is configured: libpq then verifies the chain in every
+   * sslmode */
   readonly verifyChain: boolean
   readonly error: string | undefined
   /** built once per options object: parsing certificates and keys is the costly part of a TLS setup */
@@ -72,38 +74,125 @@ const readIfExists = (path: string): Buffer | undefined => {
   }
 }
 
+const reasonOf = (error: unknown): string => error instanceof Error ? error.message : String(error)
+
 const keyLoadError = (keyPath: string, error: unknown): string =>
-  `could not load private key file "${keyPath}": ${error instanceof Error ? error.message : String(error)}`
+  `could not load private key file "${keyPath}": ${reasonOf(error)}`
 
 // libpq's default file locations under ~/.postgresql
 const userFile = (name: string): string => Path.join(Os.homedir(), ".postgresql", name)
 
+type Material = string | Uint8Array | ReadonlyArray<string | Uint8Array>
+
+const materialList = (material: Material | undefined): ReadonlyArray<string | Uint8Array> | undefined =>
+  material === undefined
+    ? undefined
+    : typeof material === "string" || material instanceof Uint8Array
+    ? [material]
+    : material.length === 0
+    ? undefined
+    : material
+
+const asBuffer = (value: string | Uint8Array): Buffer =>
+  typeof value === "string"
+    ? Buffer.from(value, "utf8")
+    : Buffer.from(value.buffer, value.byteOffset, value.byteLength)
+
+const PEM_CERTIFICATE =
+  /-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----[\s\S]*?-----END (?:X509 |TRUSTED )?CERTIFICATE-----/g
+
+/**
+ * In-memory certificates as PEM for Node: PEM text is checked (every certificate in it must parse, and there must
+ * be one), DER bytes are converted. The error names the field, never the material.
+ */
+const certificatesPem = (
+  values: ReadonlyArray<string | Uint8Array>,
+  what: string
+): { readonly pem: Array<string>; readonly error: string | undefined } => {
+  const pem: Array<string> = []
+  for (const value of values) {
+    const text = typeof value === "string" ? value : asBuffer(value).toString("latin1")
+    try {
+      if (text.includes("-----BEGIN")) {
+        const blocks = text.match(PEM_CERTIFICATE) ?? []
+        if (blocks.length === 0) throw new Error("no certificate found")
+        for (const block of blocks) {
+          new Crypto.X509Certificate(block)
+          pem.push(block)
+        }
+      } else {
+        pem.push(new Crypto.X509Certificate(asBuffer(value)).toString())
+      }
+    } catch (cause) {
+      return { pem, error: `could not read ${what}: ${reasonOf(cause)}` }
+    }
+  }
+  return { pem, error: undefined }
+}
+
+// Keyed by the options object (options are immutable): two options objects never share a context, so two different
+// in-memory CAs (or files) never do either. A caller that cancels often should reuse its options object.
 const tlsFilesCache = new WeakMap<ConnectionOptions.ConnectionOptions, TlsFiles>()
 
-// Read the certificate files once per options object (as libpq reads them per connection, but cheaper)
+// Read the certificate files (or take the in-memory material) once per options object (as libpq reads them per
+// connection, but cheaper)
 const tlsFiles = (options: ConnectionOptions.ConnectionOptions): TlsFiles => {
   const cached = tlsFilesCache.get(options)
   if (cached !== undefined) return cached
+  const files = loadTlsFiles(options)
+  tlsFilesCache.set(options, files)
+  return files
+}
+
+const loadTlsFiles = (options: ConnectionOptions.ConnectionOptions): TlsFiles => {
+  const material = options.sslMaterial
   let error: string | undefined
-  const useSystemCa = options.sslrootcert === "system"
-  const caPath = useSystemCa ? undefined : (options.sslrootcert ?? userFile("root.crt"))
-  const ca = caPath === undefined ? undefined : readIfExists(caPath)
-  if (
-    ca === undefined && !useSystemCa && (options.sslmode === "verify-ca" || options.sslmode === "verify-full")
-  ) {
-    error = `root certificate file "${caPath}" does not exist\n` +
-      "Either provide the file, use the system's trusted roots with sslrootcert=system, " +
-      "or change sslmode to disable server certificate verification."
+
+  // root certificate(s): in memory, else the system store, else a file
+  const memoryCa = materialList(material?.ca)
+  let ca: Buffer | Array<string> | undefined
+  const useSystemCa = memoryCa === undefined && options.sslrootcert === "system"
+  if (memoryCa !== undefined) {
+    const read = certificatesPem(memoryCa, "root certificate (sslMaterial.ca)")
+    error = read.error
+    ca = read.pem
+  } else if (!useSystemCa) {
+    const caPath = options.sslrootcert ?? userFile("root.crt")
+    ca = readIfExists(caPath)
+    if (ca === undefined && (options.sslmode === "verify-ca" || options.sslmode === "verify-full")) {
+      error = `root certificate file "${caPath}" does not exist\n` +
+        "Either provide the file, use the system's trusted roots with sslrootcert=system, " +
+        "or change sslmode to disable server certificate verification."
+    }
   }
-  const certPath = options.sslcert ?? userFile("postgresql.crt")
+
+  // client certificate and key: each in memory, else its file
+  const memoryCert = materialList(material?.cert)
+  let cert: Buffer | string | undefined
+  if (memoryCert !== undefined) {
+    const read = certificatesPem(memoryCert, "certificate (sslMaterial.cert)")
+    error ??= read.error
+    // one chain for one key (leaf first): Node reads an array as one chain per key
+    cert = read.pem.join("\n")
+  } else {
+    cert = readIfExists(options.sslcert ?? userFile("postgresql.crt"))
+  }
   const keyPath = options.sslkey ?? userFile("postgresql.key")
-  const cert = readIfExists(certPath)
-  const key = cert === undefined ? undefined : readIfExists(keyPath)
-  if (cert !== undefined && key === undefined && error === undefined) {
-    error = `certificate present, but not private key file "${keyPath}"`
-  }
+  const keyWhere = material?.key !== undefined ? "private key (sslMaterial.key)" : `private key file "${keyPath}"`
+  const key: Buffer | undefined = cert === undefined
+    ? undefined
+    : material?.key !== undefined
+    ? asBuffer(Redacted.value(material.key))
+    : readIfExists(keyPath)
+  if (cert !== undefined && key === undefined) error ??= `certificate present, but not private key file "${keyPath}"`
+  const passphrase = material?.passphrase ?? options.sslpassword
+
+  // revocation lists: in memory (else the sslcrl file), plus the sslcrldir files
   const crls: Array<Buffer> = []
-  if (options.sslcrl !== undefined) {
+  const memoryCrl = materialList(material?.crl)
+  if (memoryCrl !== undefined) {
+    for (const crl of memoryCrl) crls.push(asBuffer(crl))
+  } else if (options.sslcrl !== undefined) {
     const crl = readIfExists(options.sslcrl)
     if (crl !== undefined) crls.push(crl)
   }
@@ -117,18 +206,16 @@ const tlsFiles = (options: ConnectionOptions.ConnectionOptions): TlsFiles => {
       // libpq ignores a missing CRL directory
     }
   }
+
   let secureContext: Tls.SecureContext | undefined
   if (error === undefined) {
+    const clientIdentity = cert !== undefined && key !== undefined
+      ? { cert, key, ...(passphrase !== undefined ? { passphrase: Redacted.value(passphrase) } : {}) }
+      : {}
     try {
       secureContext = Tls.createSecureContext({
         ...(ca !== undefined ? { ca } : {}),
-        ...(cert !== undefined && key !== undefined
-          ? {
-            cert,
-            key,
-            ...(options.sslpassword !== undefined ? { passphrase: Redacted.value(options.sslpassword) } : {})
-          }
-          : {}),
+        ...clientIdentity,
         ...(crls.length > 0 ? { crl: crls } : {}),
         minVersion: options.sslMinProtocolVersion ?? "TLSv1.2",
         ...(options.sslMaxProtocolVersion !== undefined ? { maxVersion: options.sslMaxProtocolVersion } : {}),
@@ -137,13 +224,24 @@ const tlsFiles = (options: ConnectionOptions.ConnectionOptions): TlsFiles => {
         ecdhCurve: "X25519:prime256v1:secp384r1"
       })
     } catch (cause) {
-      // e.g. an encrypted client key with a wrong or missing sslpassword
-      error = keyLoadError(keyPath, cause)
+      // name the part that failed (never its content): a revocation list, else the client key (e.g. an encrypted
+      // key with a wrong or missing passphrase)
+      error = crlError(crls, memoryCrl !== undefined ? "(sslMaterial.crl)" : `file "${options.sslcrl ?? ""}"`) ??
+        (material?.key !== undefined ? `could not load ${keyWhere}: ${reasonOf(cause)}` : keyLoadError(keyPath, cause))
     }
   }
-  const files: TlsFiles = { verifyChain: ca !== undefined || useSystemCa, error, secureContext }
-  tlsFilesCache.set(options, files)
-  return files
+  return { verifyChain: ca !== undefined || useSystemCa, error, secureContext }
+}
+
+// only on the failure path: whether the revocation lists alone are what Node refuses
+const crlError = (crls: ReadonlyArray<Buffer>, where: string): string | undefined => {
+  if (crls.length === 0) return undefined
+  try {
+    Tls.createSecureContext({ crl: [...crls] })
+    return undefined
+  } catch (cause) {
+    return `could not load SSL certificate revocation list ${where}: ${reasonOf(cause)}`
+  }
 }
 
 // libpq's verify-full check and its message
