@@ -1,3 +1,22 @@
 import { addEqualityTesters } from "@effect/vitest"
+import * as Arbitrary from "effect/Arbitrary"
+import { beforeEach } from "vitest"
 
 addEqualityTesters()
+
+// Property tests are reproducible: every check in this file runs from one seed, chosen at random unless
+// PQCANCEL_SEED replays a failing run; a failing test prints the seed to replay it with.
+const seedVariable = process.env["PQCANCEL_SEED"]
+const seed = seedVariable !== undefined && seedVariable !== ""
+  ? Number(seedVariable)
+  : Math.floor(Math.random() * 2 ** 31)
+if (!Number.isSafeInteger(seed)) {
+  throw new Error(`PQCANCEL_SEED must be an integer, got ${JSON.stringify(seedVariable)}`)
+}
+Arbitrary.configureGlobal({ check: { seed } })
+
+beforeEach(({ onTestFailed, task }) => {
+  onTestFailed(() => {
+    console.error(`[${task.name}] property seed ${seed}: replay with PQCANCEL_SEED=${seed}`)
+  })
+})

@@ -32,7 +32,7 @@ import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Redacted from "effect/Redacted"
-import type * as Result from "effect/Result"
+import * as Result from "effect/Result"
 import * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
 import * as Stream from "effect/Stream"
@@ -40,6 +40,7 @@ import { CancelCreateError, CancelFailed, CancelTimeout } from "./CancelError.ts
 import type { CancelKey } from "./CancelKey.ts"
 import * as CancelMachine from "./CancelMachine.ts"
 import type { ConnectionOptions, HostEntry } from "./ConnectionOptions.ts"
+import * as ConnectionOptionsNs from "./ConnectionOptions.ts"
 import { Transport } from "./Transport.ts"
 import type * as TransportNs from "./Transport.ts"
 
@@ -126,7 +127,9 @@ const stripNewline = (message: string): string => message.endsWith("\n") ? messa
 export const validateSession = (session: SessionInfo): string | undefined => {
   if (session.open === false) return "connection not open"
   if (session.key === undefined) return "no cancellation key received"
-  return undefined
+  // pqConnectOptions2's checks, whatever built the options (the parser already ran them on parsed ones)
+  const options = ConnectionOptionsNs.validate(session.options)
+  return Result.isFailure(options) ? options.failure.message : undefined
 }
 
 const makeWith = Effect.fnUntraced(function*(

@@ -27,6 +27,7 @@
 import * as Redacted from "effect/Redacted"
 import type { CancelKey } from "./CancelKey.ts"
 import type { GssEncMode, HostEntry, SslMode, SslNegotiation } from "./ConnectionOptions.ts"
+import * as checks from "./internal/optionChecks.ts"
 import * as Protocol from "./Protocol.ts"
 
 /**
@@ -396,6 +397,10 @@ const nextMethod = (config: MachineConfig, allowed: number, failed: number): num
 // init_allowed_encryption_methods, with the gssencmode=require checks libpq makes before it
 const initMethods = (config: MachineConfig): { allowed: number; error: string | undefined } => {
   if (config.legacy) return { allowed: METHOD_PLAIN, error: undefined }
+  // safety invariant, whatever validated the options: direct TLS never runs with a sslmode that allows plaintext,
+  // so a failed direct attempt can never fall back to a plaintext CancelRequest
+  const weakDirect = checks.checkSslNegotiation(config.sslmode, config.sslnegotiation)
+  if (weakDirect !== undefined) return { allowed: 0, error: weakDirect }
   if (config.address._tag === "Unix") {
     return config.gssencmode === "require"
       ? { allowed: 0, error: Messages.gssLocalSocket }
@@ -408,7 +413,7 @@ const initMethods = (config: MachineConfig): { allowed: number; error: string | 
   if (config.sslmode !== "disable" && config.gssencmode !== "require") allowed |= METHOD_SSL
   if (config.gssencmode !== "disable" && config.gssAvailable) allowed |= METHOD_GSS
   const weakSsl = config.sslmode === "disable" || config.sslmode === "prefer" || config.sslmode === "allow"
-  if (weakSsl && config.gssencmode !== "require") allowed |= METHOD_PLAIN
+  if (weakSsl && config.gssencmode !== "require" && config.sslnegotiation !== "direct") allowed |= METHOD_PLAIN
   return { allowed, error: undefined }
 }
 

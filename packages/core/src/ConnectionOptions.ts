@@ -27,6 +27,7 @@ import * as Redacted from "effect/Redacted"
 import * as Result from "effect/Result"
 import { InvalidOption } from "./CancelError.ts"
 import * as internal from "./internal/conninfo.ts"
+import * as checks from "./internal/optionChecks.ts"
 
 /**
  * `sslmode` values.
@@ -302,12 +303,10 @@ const parseIntParam = (value: string, context: string): Result.Result<number, In
   return fail(`invalid integer value "${value}" for connection option "${context}"`)
 }
 
-const TLS_VERSIONS: ReadonlyArray<TlsVersion> = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
+const TLS_VERSIONS: ReadonlyArray<TlsVersion> = checks.TLS_VERSIONS
 
-const tlsVersionIndex = (value: string): number =>
-  TLS_VERSIONS.findIndex((v) => v.toLowerCase() === value.toLowerCase())
-
-const SSL_MODES: ReadonlyArray<string> = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+const check = (message: string | undefined): Result.Result<void, InvalidOption> =>
+  message === undefined ? Result.succeed(undefined) : fail(message)
 const TARGET_SESSION_ATTRS: ReadonlyArray<string> = [
   "any",
   "read-write",
@@ -497,38 +496,28 @@ export const resolve = (raw: Readonly<Record<string, string | undefined>>): Resu
   }
 
   // sslmode
-  const sslmodeRaw = get("sslmode") ?? "prefer"
-  if (!SSL_MODES.includes(sslmodeRaw)) return invalidValue("sslmode", sslmodeRaw)
-  const sslmode = sslmodeRaw as SslMode
+  // the value and combination checks are shared with `validate` (internal/optionChecks.ts)
+  const sslmode = (get("sslmode") ?? "prefer") as SslMode
+  const sslmodeCheck = check(checks.checkSslmode(sslmode))
+  if (Result.isFailure(sslmodeCheck)) return Result.fail(sslmodeCheck.failure)
 
-  // sslnegotiation
-  const sslnegotiationRaw = get("sslnegotiation") ?? "postgres"
-  if (sslnegotiationRaw !== "postgres" && sslnegotiationRaw !== "direct") {
-    return invalidValue("sslnegotiation", sslnegotiationRaw)
-  }
-  const sslnegotiation: SslNegotiation = sslnegotiationRaw
-  if (sslnegotiation === "direct" && sslmode[0] !== "r" && sslmode[0] !== "v") {
-    return fail(
-      `weak sslmode "${sslmode}" may not be used with sslnegotiation=direct (use "require", "verify-ca", or "verify-full")`
-    )
-  }
+  // sslnegotiation (direct only with require / verify-*)
+  const sslnegotiation = (get("sslnegotiation") ?? "postgres") as SslNegotiation
+  const negotiationCheck = check(checks.checkSslNegotiation(sslmode, sslnegotiation))
+  if (Result.isFailure(negotiationCheck)) return Result.fail(negotiationCheck.failure)
 
   // sslrootcert=system
   const sslrootcert = get("sslrootcert")
-  if (sslrootcert === "system" && sslmode !== "verify-full") {
-    return fail(`weak sslmode "${sslmode}" may not be used with sslrootcert=system (use "verify-full")`)
-  }
+  const rootcertCheck = check(checks.checkSslrootcert(sslmode, sslrootcert))
+  if (Result.isFailure(rootcertCheck)) return Result.fail(rootcertCheck.failure)
 
   // ssl_min/max_protocol_version
   const sslMin = nonEmpty(get("ssl_min_protocol_version"))
   const sslMax = nonEmpty(get("ssl_max_protocol_version"))
-  const sslMinIndex = sslMin === undefined ? -1 : tlsVersionIndex(sslMin)
-  const sslMaxIndex = sslMax === undefined ? -1 : tlsVersionIndex(sslMax)
-  if (sslMin !== undefined && sslMinIndex < 0) return invalidValue("ssl_min_protocol_version", sslMin)
-  if (sslMax !== undefined && sslMaxIndex < 0) return invalidValue("ssl_max_protocol_version", sslMax)
-  if (sslMin !== undefined && sslMax !== undefined && sslMinIndex > sslMaxIndex) {
-    return fail("invalid SSL protocol version range")
-  }
+  const rangeCheck = check(checks.checkSslProtocolRange(sslMin, sslMax))
+  if (Result.isFailure(rangeCheck)) return Result.fail(rangeCheck.failure)
+  const sslMinIndex = sslMin === undefined ? -1 : checks.tlsVersionIndex(sslMin)
+  const sslMaxIndex = sslMax === undefined ? -1 : checks.tlsVersionIndex(sslMax)
 
   // sslcertmode
   const sslcertmode = get("sslcertmode")
@@ -537,11 +526,9 @@ export const resolve = (raw: Readonly<Record<string, string | undefined>>): Resu
   }
 
   // gssencmode
-  const gssencmodeRaw = get("gssencmode") ?? "prefer"
-  if (gssencmodeRaw !== "disable" && gssencmodeRaw !== "prefer" && gssencmodeRaw !== "require") {
-    return invalidValue("gssencmode", gssencmodeRaw)
-  }
-  const gssencmode: GssEncMode = gssencmodeRaw
+  const gssencmode = (get("gssencmode") ?? "prefer") as GssEncMode
+  const gssCheck = check(checks.checkGssencmode(gssencmode))
+  if (Result.isFailure(gssCheck)) return Result.fail(gssCheck.failure)
 
   // target_session_attrs
   const targetSessionAttrs = get("target_session_attrs")
@@ -582,9 +569,8 @@ export const resolve = (raw: Readonly<Record<string, string | undefined>>): Resu
     if (Result.isFailure(r)) return Result.fail(r.failure)
     maxProtocolVersion = r.success
   }
-  if (minProtocolVersion === "3.2" && maxProtocolVersion === "3.0") {
-    return fail("\"min_protocol_version\" is greater than \"max_protocol_version\"")
-  }
+  const protocolCheck = check(checks.checkProtocolRange(minProtocolVersion, maxProtocolVersion))
+  if (Result.isFailure(protocolCheck)) return Result.fail(protocolCheck.failure)
 
   // connect-time integer options
   const hosts: Array<HostEntry> = []
@@ -655,6 +641,67 @@ export const resolve = (raw: Readonly<Record<string, string | undefined>>): Resu
     requirepeer: nonEmpty(get("requirepeer")),
     krbsrvname: get("krbsrvname")
   })
+}
+
+/**
+ * Validates an options object however it was built (by hand, spread from parsed options, from another library),
+ * with the same checks and messages {@link resolve} applies to parsed strings: `sslmode`, `sslnegotiation` (and
+ * `weak sslmode "%s" may not be used with sslnegotiation=direct …`), `sslrootcert=system`, the SSL protocol version
+ * range, `gssencmode`, `min/max_protocol_version`, then ports and the integer options. `CancelConnection.make` runs
+ * it, so a hand-built object cannot bypass what the parser enforces.
+ *
+ * @example
+ * ```ts
+ * import * as Result from "effect/Result"
+ * import { ConnectionOptions } from "@pqcancel/core"
+ *
+ * declare const parsed: ConnectionOptions.ConnectionOptions
+ * const handBuilt = { ...parsed, sslmode: "prefer" as const, sslnegotiation: "direct" as const }
+ * const checked = ConnectionOptions.validate(handBuilt)
+ * // Result.isFailure(checked): weak sslmode "prefer" may not be used with sslnegotiation=direct (…)
+ * Result.isFailure(checked)
+ * ```
+ *
+ * @category resolving
+ * @since 0.1.0
+ */
+export const validate = (options: ConnectionOptions): Result.Result<ConnectionOptions, InvalidOption> => {
+  const message = checks.checkSslmode(options.sslmode) ??
+    checks.checkSslNegotiation(options.sslmode, options.sslnegotiation) ??
+    checks.checkSslrootcert(options.sslmode, options.sslrootcert) ??
+    checks.checkSslProtocolRange(options.sslMinProtocolVersion, options.sslMaxProtocolVersion) ??
+    checks.checkGssencmode(options.gssencmode) ??
+    (checks.PROTOCOL_VERSIONS.includes(options.minProtocolVersion)
+      ? undefined
+      : checks.invalidValue("min_protocol_version", options.minProtocolVersion)) ??
+    (checks.PROTOCOL_VERSIONS.includes(options.maxProtocolVersion)
+      ? undefined
+      : checks.invalidValue("max_protocol_version", options.maxProtocolVersion)) ??
+    checks.checkProtocolRange(options.minProtocolVersion, options.maxProtocolVersion) ??
+    checkHandBuiltNumbers(options)
+  return message === undefined ? Result.succeed(options) : fail(message)
+}
+
+const isInt = (n: unknown, min: number): boolean => typeof n === "number" && Number.isInteger(n) && n >= min
+
+// what resolve guarantees by construction for the numeric fields, checked on an object built by hand
+const checkHandBuiltNumbers = (options: ConnectionOptions): string | undefined => {
+  for (const host of Array.isArray(options.hosts) ? options.hosts : []) {
+    if (!isInt(host.port, 1) || host.port > 65535) return `invalid port number: "${String(host.port)}"`
+  }
+  const integers: ReadonlyArray<readonly [string, number | undefined]> = [
+    ["connect_timeout", options.connectTimeout],
+    ["keepalives_idle", options.keepalivesIdle],
+    ["keepalives_interval", options.keepalivesInterval],
+    ["keepalives_count", options.keepalivesCount],
+    ["tcp_user_timeout", options.tcpUserTimeout]
+  ]
+  for (const [keyword, value] of integers) {
+    if (value !== undefined && !isInt(value, 0)) {
+      return `invalid integer value "${String(value)}" for connection option "${keyword}"`
+    }
+  }
+  return undefined
 }
 
 /**

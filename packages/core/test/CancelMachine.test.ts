@@ -33,10 +33,10 @@ const SetupSchema = Schema.Struct({
   legacy: Schema.Boolean
 })
 
-// option validation (ConnectionOptions.resolve) rejects direct with a weak sslmode: never build such a config
+// direct with a weak sslmode is what option validation rejects; the machine refuses it too (a hand-built config)
 const toSetup = (s: typeof SetupSchema.Type): Setup => ({
   sslmode: s.sslmode,
-  sslnegotiation: s.direct && ["require", "verify-ca", "verify-full"].includes(s.sslmode) ? "direct" : "postgres",
+  sslnegotiation: s.direct ? "direct" : "postgres",
   gssencmode: s.gssencmode,
   gssAvailable: s.gssAvailable,
   unix: s.unix,
@@ -127,7 +127,8 @@ const knownMessage = [
   /^(Connection refused|Connection reset by peer|Input\/output error)$/,
   /^\tIs the server running (on that host and accepting TCP\/IP connections|locally and accepting connections on that socket)\?$/,
   /^PQcancel\(\) -- connect\(\) failed: .+$/,
-  /^requirepeer parameter is not supported on this platform$/
+  /^requirepeer parameter is not supported on this platform$/,
+  /^weak sslmode "(disable|allow|prefer)" may not be used with sslnegotiation=direct \(use "require", "verify-ca", or "verify-full"\)$/
 ]
 const prefix = /^connection to server (at "[^"]+"( \([^)]+\))?, port \d+|on socket "[^"]+") failed: /
 
@@ -141,9 +142,12 @@ const checkErrorText = (error: string) => {
   }
 }
 
+const strongSsl = (sslmode: ConnectionOptions.SslMode) => ["require", "verify-ca", "verify-full"].includes(sslmode)
+
+// direct TLS counts as required encryption whatever the sslmode: a failed direct attempt never falls back to plaintext
 const requiresEncryption = (setup: Setup) =>
   !setup.legacy && !setup.unix &&
-  (["require", "verify-ca", "verify-full"].includes(setup.sslmode) || setup.gssencmode === "require")
+  (strongSsl(setup.sslmode) || setup.gssencmode === "require" || setup.sslnegotiation === "direct")
 
 describe("CancelMachine", () => {
   it.prop(
@@ -153,22 +157,35 @@ describe("CancelMachine", () => {
       const setup = toSetup(raw)
       const config = configOf(setup)
       let state = CancelMachine.initial
+      // a model of the socket, from the actions and the events a real transport could report: encryption is up once
+      // the handshake the machine asked for has completed, and a new or closed socket starts in plaintext
       let socketEncrypted = false
+      let handshake: "none" | "tls" | "gss" = "none"
       for (const index of events) {
         const event = EventChoices[index]!
         const before = state
         const next = CancelMachine.step(config, state, event)
         state = next.state
+        // the event comes first: a write in the same step already travels over the established encryption
+        if (event._tag === "TlsEstablished" && handshake === "tls") socketEncrypted = true
+        if (event._tag === "GssEstablished" && handshake === "gss") socketEncrypted = true
+        if (event._tag === "TlsEstablished" || event._tag === "TlsFailed") handshake = "none"
+        if (event._tag === "GssEstablished" || event._tag === "GssFailed") handshake = "none"
         for (const action of next.actions) {
-          if (action._tag === "Connect") socketEncrypted = false
-          if (action._tag === "Write" && action.kind === "CancelRequest" && requiresEncryption(setup)) {
-            assert.isTrue(socketEncrypted && action.encrypted, "the key is never written before encryption")
+          if (action._tag === "Connect" || action._tag === "Close") {
+            socketEncrypted = false
+            handshake = "none"
+          }
+          if (action._tag === "StartTls") handshake = "tls"
+          if (action._tag === "StartGss") handshake = "gss"
+          if (action._tag === "Write") {
+            // what the machine claims about a write is what the socket does
+            assert.strictEqual(action.encrypted, socketEncrypted, `${action.kind} encrypted flag matches the socket`)
+            if (action.kind === "CancelRequest" && requiresEncryption(setup)) {
+              assert.isTrue(socketEncrypted, "the key is never written before encryption")
+            }
           }
         }
-        if (
-          (event._tag === "TlsEstablished" || event._tag === "GssEstablished") &&
-          (state.status === "MADE" || state.status === "AWAITING_RESPONSE")
-        ) socketEncrypted = true
         // OK and BAD are terminal: only Reset (and, from OK, Start) leave them
         if (before.status === "BAD" && event._tag !== "Reset") assert.strictEqual(state.status, "BAD")
         if (before.status === "OK" && event._tag !== "Reset" && event._tag !== "Start") {
@@ -242,6 +259,13 @@ describe("CancelMachine", () => {
     ({ server, setup: raw }) => {
       const setup = { ...toSetup(raw), gssAvailable: false }
       const { sockets, state, trace } = run(setup, server)
+      if (setup.sslnegotiation === "direct" && !strongSsl(setup.sslmode) && !setup.legacy) {
+        // a hand-built config option validation would have refused: the machine refuses it before connecting
+        assert.strictEqual(state.status, "BAD")
+        assert.strictEqual(sockets, 0)
+        assert.include(state.error, "may not be used with sslnegotiation=direct")
+        return
+      }
       const gssRequired = setup.gssencmode === "require" && !setup.legacy
       const sent = trace.filter((t) => t.startsWith("CancelRequest"))
       if (gssRequired) {

@@ -576,3 +576,57 @@ describe("keys and lifecycle", () => {
       assert.strictEqual(yield* fake.connections, 1)
     }))
 })
+
+describe("options built by hand get the parser's validation", () => {
+  const WEAK_DIRECT =
+    "weak sslmode \"prefer\" may not be used with sslnegotiation=direct (use \"require\", \"verify-ca\", or \"verify-full\")"
+
+  it.live("prefer + direct: make and cancel refuse before connecting, PQcancelCreate is BAD", () =>
+    Effect.gen(function*() {
+      // a direct handshake that fails, then anything: a fallback would send the key in plaintext here
+      const fake = yield* FakePostmaster.make({ script: [{ tlsFail: "close" }, { expect: "cancelRequest" }] })
+      const parsed = yield* session(fake.port, "sslmode=require sslnegotiation=direct")
+      const info = { ...parsed, options: { ...parsed.options, sslmode: "prefer" as const } }
+      const error = yield* cancelError(info)
+      assert.strictEqual(error._tag, "CancelCreateError")
+      assert.strictEqual(error.message, WEAK_DIRECT)
+      yield* Effect.scoped(Effect.gen(function*() {
+        const created = yield* CancelConnection.makeUnchecked(info)
+        assert.strictEqual(yield* created.status, "BAD")
+        assert.strictEqual(yield* created.errorMessage, `${WEAK_DIRECT}\n`)
+        assert.strictEqual((yield* Effect.flip(created.blocking()))._tag, "CancelFailed")
+      })).pipe(Effect.provide(NodeTransport.layer))
+      // the parser says the same for the same pair
+      const parsedError = yield* Effect.flip(
+        ConnectionOptions.fromString(`host=127.0.0.1 sslmode=prefer sslnegotiation=direct`, {})
+      )
+      assert.strictEqual(parsedError.message, WEAK_DIRECT)
+      assert.strictEqual(yield* fake.connections, 0)
+    }))
+
+  it.live("other invalid values built by hand: typed errors with libpq's texts", () =>
+    Effect.gen(function*() {
+      const parsed = yield* session(1, "sslmode=require")
+      const cases: ReadonlyArray<readonly [Partial<Record<string, unknown>>, string]> = [
+        [{ sslmode: "verify-some" }, "invalid sslmode value: \"verify-some\""],
+        [{ sslnegotiation: "tls" }, "invalid sslnegotiation value: \"tls\""],
+        [
+          { sslrootcert: "system" },
+          "weak sslmode \"require\" may not be used with sslrootcert=system (use \"verify-full\")"
+        ],
+        [{ sslMinProtocolVersion: "TLSv1.3", sslMaxProtocolVersion: "TLSv1.2" }, "invalid SSL protocol version range"],
+        [{ gssencmode: "always" }, "invalid gssencmode value: \"always\""],
+        [
+          { minProtocolVersion: "3.2", maxProtocolVersion: "3.0" },
+          "\"min_protocol_version\" is greater than \"max_protocol_version\""
+        ],
+        [{ connectTimeout: -1 }, "invalid integer value \"-1\" for connection option \"connect_timeout\""]
+      ]
+      for (const [change, message] of cases) {
+        const info = { ...parsed, options: { ...parsed.options, ...change } as ConnectionOptions.ConnectionOptions }
+        const error = yield* cancelError(info)
+        assert.strictEqual(error._tag, "CancelCreateError")
+        assert.strictEqual(error.message, message)
+      }
+    }))
+})
