@@ -10,7 +10,8 @@
  * exits. The Scope finalizer waits for that exit.
  *
  * When the test process runs as root, initdb and postgres run as `nobody` (65534:65534) with the temp directory
- * chowned to it (postgres refuses to run as root).
+ * chowned to it (postgres refuses to run as root). When `nobody` cannot reach the binaries (the checkout sits in a
+ * directory only root may enter), they are staged into the cluster directory first (see `Cluster.binDir`).
  *
  * @example
  * ```ts
@@ -213,6 +214,12 @@ export interface Cluster {
   /** The role authenticated with scram-sha-256 over TCP. */
   readonly scramUser: { readonly user: string; readonly password: string }
   readonly dataDir: string
+  /**
+   * Directory of the `initdb` and `postgres` the server runs: the platform package's `bin/`, or — when the tests run
+   * as root and `nobody` cannot enter the directories above the package (a checkout in `/root` or in a `mktemp -d`
+   * directory) — a mirror of the package's `native/` tree inside the cluster directory, removed with it.
+   */
+  readonly binDir: string
   /** PID of the postmaster. */
   readonly pid: number
   /** PID of the watchdog process owning the postmaster. */
@@ -303,6 +310,76 @@ const resolveBinaries = Effect.fnUntraced(function*(packageName: string) {
   }
   return { initdb, postgres }
 })
+
+/** Whether `uid:gid` can run `initdb` where it is (every directory above it must be searchable by that user). */
+const canRun = (initdb: string, owner: { readonly uid: number; readonly gid: number }): boolean => {
+  const probe = ChildProcess.spawnSync(initdb, ["--version"], {
+    uid: owner.uid,
+    gid: owner.gid,
+    cwd: Os.tmpdir(),
+    env: childEnv,
+    stdio: "ignore",
+    timeout: 10_000
+  })
+  return probe.error === undefined && probe.status === 0
+}
+
+/**
+ * Mirrors the platform package's `native/` tree (bin, lib, share) into `target` so that a user who cannot enter the
+ * directories above the package (a checkout in `/root` or in a `mktemp -d` directory, run as root while postgres runs
+ * as `nobody`) can run the binaries: directories are created 0755, files are hard-linked when their mode already
+ * lets others read (and run) them, copied and made readable otherwise (also across file systems). The binaries find
+ * their `lib/` and `share/` relative to themselves, so the mirror is self-contained.
+ */
+const stageNative = (nativeDir: string, target: string): void => {
+  const mirror = (from: string, to: string): void => {
+    Fs.mkdirSync(to, { mode: 0o755 })
+    Fs.chmodSync(to, 0o755)
+    for (const entry of Fs.readdirSync(from, { withFileTypes: true })) {
+      const source = Path.join(from, entry.name)
+      const dest = Path.join(to, entry.name)
+      if (entry.isDirectory()) {
+        mirror(source, dest)
+      } else if (entry.isSymbolicLink()) {
+        Fs.symlinkSync(Fs.readlinkSync(source), dest)
+      } else {
+        const mode = Fs.statSync(source).mode & 0o777
+        const wanted = mode | 0o004 | ((mode & 0o100) !== 0 ? 0o001 : 0)
+        let linked = false
+        if (wanted === mode) {
+          try {
+            Fs.linkSync(source, dest)
+            linked = true
+          } catch {
+            // another file system (EXDEV) or links not allowed: copy
+          }
+        }
+        if (!linked) {
+          Fs.copyFileSync(source, dest)
+          Fs.chmodSync(dest, wanted)
+        }
+      }
+    }
+  }
+  mirror(nativeDir, target)
+}
+
+/**
+ * The binaries as `owner` can run them: as they are when `owner` can reach them, else a mirror of the package's
+ * `native/` tree staged inside the cluster directory `root` (removed with it).
+ */
+const reachableBinaries = (
+  binaries: { readonly initdb: string; readonly postgres: string },
+  owner: { readonly uid: number; readonly gid: number } | undefined,
+  root: string
+): { readonly initdb: string; readonly postgres: string; readonly staged: boolean } => {
+  if (owner === undefined || canRun(binaries.initdb, owner)) return { ...binaries, staged: false }
+  const binDir = Path.dirname(binaries.initdb)
+  const staged = Path.join(root, "native")
+  stageNative(Path.dirname(binDir), staged)
+  const relocate = (file: string) => Path.join(staged, Path.relative(Path.dirname(binDir), file))
+  return { initdb: relocate(binaries.initdb), postgres: relocate(binaries.postgres), staged: true }
+}
 
 const listenOnce = (host: string, port: number) =>
   Effect.callback<number, NodeJS.ErrnoException>((resume) => {
@@ -459,7 +536,7 @@ const startOnce = Effect.fnUntraced(function*(
   yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(root, { recursive: true, force: true })))
   const dataDir = Path.join(root, "data")
   const file = (name: string) => Path.join(root, name)
-  yield* Effect.try({
+  const reachable = yield* Effect.try({
     try: () => {
       Fs.copyFileSync(fixturePath("server.crt"), file("server.crt"))
       Fs.copyFileSync(fixturePath("server.key"), file("server.key"))
@@ -490,10 +567,12 @@ const startOnce = Effect.fnUntraced(function*(
       )
       Fs.writeFileSync(file("pg_hba.conf"), hbaFile(hba, ipv6))
       Fs.writeFileSync(file("pg_ident.conf"), "")
+      const reachable = reachableBinaries(binaries, owner, root)
       if (owner !== undefined) {
         for (const name of Fs.readdirSync(root)) Fs.chownSync(file(name), owner.uid, owner.gid)
         Fs.chownSync(root, owner.uid, owner.gid)
       }
+      return reachable
     },
     catch: ioError
   })
@@ -503,7 +582,7 @@ const startOnce = Effect.fnUntraced(function*(
       steps: [
         {
           name: "initdb",
-          file: binaries.initdb,
+          file: reachable.initdb,
           args: [
             "-D",
             dataDir,
@@ -521,7 +600,7 @@ const startOnce = Effect.fnUntraced(function*(
         },
         {
           name: "postgres",
-          file: binaries.postgres,
+          file: reachable.postgres,
           args: ["-D", dataDir, "-c", `config_file=${file("postgresql.conf")}`]
         }
       ],
@@ -676,6 +755,7 @@ const startOnce = Effect.fnUntraced(function*(
     clientKeyPassphrase: "secret",
     scramUser: { user: "scram_user", password: "scram_password" },
     dataDir,
+    binDir: Path.dirname(reachable.postgres),
     pid: outcome.pid,
     watchdogPid: watchdog.child.pid ?? 0,
     conninfo: (transport, extra) => {
