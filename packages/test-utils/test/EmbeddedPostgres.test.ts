@@ -214,27 +214,30 @@ describe("EmbeddedPostgres lifecycle", () => {
 
 describe("EmbeddedPostgres from a directory only root may enter", () => {
   // CI runs as root on a clone in a `mktemp -d` directory: postgres runs as `nobody`, which cannot reach binaries there
-  it.live.skipIf(process.getuid?.() !== 0)("stages the binaries where nobody can run them, and removes them", () =>
-    Effect.gen(function*() {
-      const installed = Path.dirname(
-        Path.dirname(createRequire(import.meta.url).resolve(EmbeddedPostgres.platformPackage(18)))
-      )
-      const privateDir = yield* Effect.acquireRelease(
-        Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "pqc-private-"))),
-        (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
-      )
-      assert.strictEqual(Fs.statSync(privateDir).mode & 0o777, 0o700)
-      const copy = Path.join(privateDir, "linux-pkg")
-      Fs.cpSync(installed, copy, { recursive: true })
-      const cluster = yield* Effect.scoped(Effect.gen(function*() {
-        const pg = yield* EmbeddedPostgres.make({ packageName: Path.join(copy, "dist", "index.js") })
-        assert.isTrue(pg.binDir.startsWith(pg.socketDir), `binaries run from ${pg.binDir}`)
-        const session = yield* TestSession.connectTo(pg, { transport: "unix" })
-        assert.strictEqual(session.serverVersion, pg.version)
-        return pg
-      }))
-      assertStopped(cluster)
-      assert.isFalse(Fs.existsSync(cluster.binDir), "staged binaries left behind")
-      assert.isTrue(Fs.existsSync(Path.join(copy, "native", "bin", "postgres")), "the package itself is untouched")
-    }))
+  it.live.skipIf(process.getuid?.() !== 0)(
+    "stages the binaries where nobody can run them, and removes them",
+    () =>
+      Effect.gen(function*() {
+        const installed = Path.dirname(
+          Path.dirname(createRequire(import.meta.url).resolve(EmbeddedPostgres.platformPackage(18)))
+        )
+        const privateDir = yield* Effect.acquireRelease(
+          Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "pqc-private-"))),
+          (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
+        )
+        assert.strictEqual(Fs.statSync(privateDir).mode & 0o777, 0o700)
+        const copy = Path.join(privateDir, "linux-pkg")
+        Fs.cpSync(installed, copy, { recursive: true })
+        const cluster = yield* Effect.scoped(Effect.gen(function*() {
+          const pg = yield* EmbeddedPostgres.make({ packageName: Path.join(copy, "dist", "index.js") })
+          assert.isTrue(pg.binDir.startsWith(pg.socketDir), `binaries run from ${pg.binDir}`)
+          const session = yield* TestSession.connectTo(pg, { transport: "unix" })
+          assert.strictEqual(session.serverVersion, pg.version)
+          return pg
+        }))
+        assertStopped(cluster)
+        assert.isFalse(Fs.existsSync(cluster.binDir), "staged binaries left behind")
+        assert.isTrue(Fs.existsSync(Path.join(copy, "native", "bin", "postgres")), "the package itself is untouched")
+      })
+  )
 })
