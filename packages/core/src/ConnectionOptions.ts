@@ -433,8 +433,12 @@ const nonEmpty = (s: string | undefined): string | undefined => s === undefined 
  *   `ssl_min/max_protocol_version` (`invalid SSL protocol version range`), `sslcertmode`, `gssencmode`,
  *   `target_session_attrs`, `scram_client_key`/`scram_server_key`, `load_balance_hosts`,
  *   `min/max_protocol_version` (`"min_protocol_version" is greater than "max_protocol_version"`)
- * - then `connect_timeout`, ports (`invalid port number: "%s"`), `keepalives*`, `tcp_user_timeout`:
- *   `invalid integer value "%s" for connection option "%s"`
+ * - then, as libpq does when it connects: ports (`invalid port number: "%s"`), `connect_timeout`, `keepalives*`,
+ *   `tcp_user_timeout`: `invalid integer value "%s" for connection option "%s"`
+ *
+ * Each bullet is a named step below (`checkService`, `resolveHostLists`, `checkAuthentication`, `resolveTls`,
+ * `resolveGssencmode`, `checkTargetSessionAttrs`, `checkScramKeys`, `checkLoadBalanceHosts`,
+ * `resolveProtocolVersions`, `resolveHosts`, `resolveTcpOptions`); the first failing step's message is returned.
  *
  * Options used only for authentication or after it are validated as libpq does and otherwise ignored.
  * `gssencmode=require` is kept as is (libpq built without GSSAPI would reject it; the GSS capability check is the
@@ -446,136 +450,211 @@ const nonEmpty = (s: string | undefined): string | undefined => s === undefined 
 export const resolve = (raw: Readonly<Record<string, string | undefined>>): Result.Result<
   ConnectionOptions,
   InvalidOption
-> => {
-  const normalized = normalize(raw, false)
-  if (Result.isFailure(normalized)) return Result.fail(normalized.failure)
-  const o = internal.withDefaults(normalized.success, {})
-  const get = (keyword: string): string | undefined => Object.hasOwn(o, keyword) ? o[keyword] : undefined
+> =>
+  Result.gen(function*() {
+    const get = yield* lookupWithDefaults(raw)
+    yield* checkService(get)
+    const hostLists = yield* resolveHostLists(get)
+    yield* checkAuthentication(get)
+    const tls = yield* resolveTls(get)
+    const gssencmode = yield* resolveGssencmode(get)
+    yield* checkTargetSessionAttrs(get)
+    yield* checkScramKeys(get)
+    yield* checkLoadBalanceHosts(get)
+    const protocol = yield* resolveProtocolVersions(get)
+    const hosts = yield* resolveHosts(hostLists)
+    const tcp = yield* resolveTcpOptions(get)
+    const sslpassword = get("sslpassword")
+    return {
+      hosts,
+      ...tcp,
+      ...tls,
+      gssencmode,
+      sslcert: nonEmpty(get("sslcert")),
+      sslkey: nonEmpty(get("sslkey")),
+      sslpassword: sslpassword === undefined ? undefined : Redacted.make(sslpassword, { label: "sslpassword" }),
+      sslcrl: nonEmpty(get("sslcrl")),
+      sslcrldir: nonEmpty(get("sslcrldir")),
+      sslsni: (get("sslsni") ?? "1")[0] === "1",
+      ...protocol,
+      requirepeer: nonEmpty(get("requirepeer")),
+      krbsrvname: get("krbsrvname")
+    }
+  })
 
+// The steps of `resolve`, in the order of libpq's `pqConnectOptions2` (then the integer parsing of connectDBStart).
+
+/** A keyword's value after `conninfo_add_defaults` (undefined = not set and no default). */
+type Lookup = (keyword: string) => string | undefined
+
+/** Step 0: known keywords only (`requiressl` mapped), then the built-in defaults (not the environment). */
+const lookupWithDefaults = (raw: Readonly<Record<string, string | undefined>>): Result.Result<Lookup, InvalidOption> =>
+  Result.map(normalize(raw, false), (normalized) => {
+    const o = internal.withDefaults(normalized, {})
+    return (keyword) => Object.hasOwn(o, keyword) ? o[keyword] : undefined
+  })
+
+/** Step 1: `service` — libpq reads the service file first; not supported here. */
+const checkService = (get: Lookup): Result.Result<void, InvalidOption> => {
   const service = get("service")
-  if (service !== undefined) {
-    return fail(
-      `connection service files are not supported (service "${service}"); pass the service's options explicitly`
-    )
-  }
+  return service === undefined ? Result.succeed(undefined) : fail(
+    `connection service files are not supported (service "${service}"); pass the service's options explicitly`
+  )
+}
 
-  // hosts
+/** The comma-separated host, hostaddr and port lists, matched to one entry per host (libpq's `connhost`). */
+interface HostLists {
+  readonly count: number
+  readonly hostnames: ReadonlyArray<string>
+  readonly hostaddrs: ReadonlyArray<string>
+  readonly ports: ReadonlyArray<string>
+}
+
+/**
+ * Step 2: the `connhost` array — as many entries as hostaddr values (else host names, else 1):
+ * `could not match %d host names to %d hostaddr values`, `could not match %d port numbers to %d hosts` (one port
+ * applies to every host).
+ */
+const resolveHostLists = (get: Lookup): Result.Result<HostLists, InvalidOption> => {
   const pghost = nonEmpty(get("host"))
   const pghostaddr = nonEmpty(get("hostaddr"))
-  const nconnhost = pghostaddr !== undefined
+  const count = pghostaddr !== undefined
     ? countElems(pghostaddr)
     : pghost !== undefined
     ? countElems(pghost)
     : 1
   const hostaddrs = pghostaddr !== undefined ? pghostaddr.split(",") : []
   const hostnames = pghost !== undefined ? pghost.split(",") : []
-  if (pghost !== undefined && hostnames.length !== nconnhost) {
-    return fail(`could not match ${hostnames.length} host names to ${nconnhost} hostaddr values`)
+  if (pghost !== undefined && hostnames.length !== count) {
+    return fail(`could not match ${hostnames.length} host names to ${count} hostaddr values`)
   }
   const pgport = nonEmpty(get("port"))
-  let ports: ReadonlyArray<string> = []
-  if (pgport !== undefined) {
-    const list = pgport.split(",")
-    if (list.length === 1) ports = Array.from({ length: nconnhost }, () => list[0]!)
-    else if (list.length !== nconnhost) {
-      return fail(`could not match ${list.length} port numbers to ${nconnhost} hosts`)
-    } else ports = list
+  if (pgport === undefined) return Result.succeed({ count, hostnames, hostaddrs, ports: [] })
+  const list = pgport.split(",")
+  if (list.length === 1) {
+    return Result.succeed({ count, hostnames, hostaddrs, ports: Array.from({ length: count }, () => list[0]!) })
   }
+  if (list.length !== count) return fail(`could not match ${list.length} port numbers to ${count} hosts`)
+  return Result.succeed({ count, hostnames, hostaddrs, ports: list })
+}
 
-  // require_auth
+/** Step 3: `require_auth` (method lists, negation, duplicates), then `channel_binding`. */
+const checkAuthentication = (get: Lookup): Result.Result<void, InvalidOption> => {
   const requireAuth = get("require_auth")
   if (requireAuth !== undefined && requireAuth !== "") {
     const r = checkRequireAuth(requireAuth)
-    if (Result.isFailure(r)) return Result.fail(r.failure)
+    if (Result.isFailure(r)) return r
   }
-
-  // channel_binding
   const channelBinding = get("channel_binding")
   if (channelBinding !== undefined && !["disable", "prefer", "require"].includes(channelBinding)) {
     return invalidValue("channel_binding", channelBinding)
   }
+  return Result.succeed(undefined)
+}
 
-  // sslmode
-  // the value and combination checks are shared with `validate` (internal/optionChecks.ts)
-  const sslmode = (get("sslmode") ?? "prefer") as SslMode
-  const sslmodeCheck = check(checks.checkSslmode(sslmode))
-  if (Result.isFailure(sslmodeCheck)) return Result.fail(sslmodeCheck.failure)
+/** What step 4 yields for the options. */
+interface TlsOptions {
+  readonly sslmode: SslMode
+  readonly sslnegotiation: SslNegotiation
+  readonly sslrootcert: string | undefined
+  readonly sslMinProtocolVersion: TlsVersion | undefined
+  readonly sslMaxProtocolVersion: TlsVersion | undefined
+}
 
-  // sslnegotiation (direct only with require / verify-*)
-  const sslnegotiation = (get("sslnegotiation") ?? "postgres") as SslNegotiation
-  const negotiationCheck = check(checks.checkSslNegotiation(sslmode, sslnegotiation))
-  if (Result.isFailure(negotiationCheck)) return Result.fail(negotiationCheck.failure)
+/**
+ * Step 4: TLS — `sslmode`, `sslnegotiation` (direct only with require / verify-*), `sslrootcert=system` (only with
+ * verify-full), `ssl_min/max_protocol_version` (known names, min ≤ max), `sslcertmode`. The value and combination
+ * checks are shared with {@link validate} (internal/optionChecks.ts).
+ */
+const resolveTls = (get: Lookup): Result.Result<TlsOptions, InvalidOption> =>
+  Result.gen(function*() {
+    const sslmode = (get("sslmode") ?? "prefer") as SslMode
+    yield* check(checks.checkSslmode(sslmode))
+    const sslnegotiation = (get("sslnegotiation") ?? "postgres") as SslNegotiation
+    yield* check(checks.checkSslNegotiation(sslmode, sslnegotiation))
+    const sslrootcert = get("sslrootcert")
+    yield* check(checks.checkSslrootcert(sslmode, sslrootcert))
+    const sslMin = nonEmpty(get("ssl_min_protocol_version"))
+    const sslMax = nonEmpty(get("ssl_max_protocol_version"))
+    yield* check(checks.checkSslProtocolRange(sslMin, sslMax))
+    const sslMinIndex = sslMin === undefined ? -1 : checks.tlsVersionIndex(sslMin)
+    const sslMaxIndex = sslMax === undefined ? -1 : checks.tlsVersionIndex(sslMax)
+    const sslcertmode = get("sslcertmode")
+    if (sslcertmode !== undefined && !["disable", "allow", "require"].includes(sslcertmode)) {
+      return yield* invalidValue("sslcertmode", sslcertmode)
+    }
+    return {
+      sslmode,
+      sslnegotiation,
+      sslrootcert: nonEmpty(sslrootcert),
+      sslMinProtocolVersion: sslMinIndex < 0 ? undefined : TLS_VERSIONS[sslMinIndex],
+      sslMaxProtocolVersion: sslMaxIndex < 0 ? undefined : TLS_VERSIONS[sslMaxIndex]
+    }
+  })
 
-  // sslrootcert=system
-  const sslrootcert = get("sslrootcert")
-  const rootcertCheck = check(checks.checkSslrootcert(sslmode, sslrootcert))
-  if (Result.isFailure(rootcertCheck)) return Result.fail(rootcertCheck.failure)
-
-  // ssl_min/max_protocol_version
-  const sslMin = nonEmpty(get("ssl_min_protocol_version"))
-  const sslMax = nonEmpty(get("ssl_max_protocol_version"))
-  const rangeCheck = check(checks.checkSslProtocolRange(sslMin, sslMax))
-  if (Result.isFailure(rangeCheck)) return Result.fail(rangeCheck.failure)
-  const sslMinIndex = sslMin === undefined ? -1 : checks.tlsVersionIndex(sslMin)
-  const sslMaxIndex = sslMax === undefined ? -1 : checks.tlsVersionIndex(sslMax)
-
-  // sslcertmode
-  const sslcertmode = get("sslcertmode")
-  if (sslcertmode !== undefined && !["disable", "allow", "require"].includes(sslcertmode)) {
-    return invalidValue("sslcertmode", sslcertmode)
-  }
-
-  // gssencmode
+/** Step 5: `gssencmode`. */
+const resolveGssencmode = (get: Lookup): Result.Result<GssEncMode, InvalidOption> => {
   const gssencmode = (get("gssencmode") ?? "prefer") as GssEncMode
-  const gssCheck = check(checks.checkGssencmode(gssencmode))
-  if (Result.isFailure(gssCheck)) return Result.fail(gssCheck.failure)
+  return Result.map(check(checks.checkGssencmode(gssencmode)), () => gssencmode)
+}
 
-  // target_session_attrs
+/** Step 6: `target_session_attrs`. */
+const checkTargetSessionAttrs = (get: Lookup): Result.Result<void, InvalidOption> => {
   const targetSessionAttrs = get("target_session_attrs")
-  if (targetSessionAttrs !== undefined && !TARGET_SESSION_ATTRS.includes(targetSessionAttrs)) {
-    return invalidValue("target_session_attrs", targetSessionAttrs)
-  }
+  return targetSessionAttrs !== undefined && !TARGET_SESSION_ATTRS.includes(targetSessionAttrs)
+    ? invalidValue("target_session_attrs", targetSessionAttrs)
+    : Result.succeed(undefined)
+}
 
-  // scram keys
+/** Step 7: `scram_client_key`, then `scram_server_key` (base64 of 32 bytes). */
+const checkScramKeys = (get: Lookup): Result.Result<void, InvalidOption> => {
   const scramClientKey = nonEmpty(get("scram_client_key"))
   if (scramClientKey !== undefined) {
     const r = checkScramKey(scramClientKey, "client")
-    if (Result.isFailure(r)) return Result.fail(r.failure)
+    if (Result.isFailure(r)) return r
   }
   const scramServerKey = nonEmpty(get("scram_server_key"))
-  if (scramServerKey !== undefined) {
-    const r = checkScramKey(scramServerKey, "server")
-    if (Result.isFailure(r)) return Result.fail(r.failure)
-  }
+  return scramServerKey === undefined ? Result.succeed(undefined) : checkScramKey(scramServerKey, "server")
+}
 
-  // load_balance_hosts
+/** Step 8: `load_balance_hosts`. */
+const checkLoadBalanceHosts = (get: Lookup): Result.Result<void, InvalidOption> => {
   const loadBalanceHosts = get("load_balance_hosts")
-  if (loadBalanceHosts !== undefined && loadBalanceHosts !== "disable" && loadBalanceHosts !== "random") {
-    return invalidValue("load_balance_hosts", loadBalanceHosts)
-  }
+  return loadBalanceHosts !== undefined && loadBalanceHosts !== "disable" && loadBalanceHosts !== "random"
+    ? invalidValue("load_balance_hosts", loadBalanceHosts)
+    : Result.succeed(undefined)
+}
 
-  // min/max_protocol_version
-  const minRaw = get("min_protocol_version")
-  let minProtocolVersion: "3.0" | "3.2" = "3.0"
-  if (minRaw !== undefined) {
-    const r = parseProtocolVersion(minRaw, "min_protocol_version")
-    if (Result.isFailure(r)) return Result.fail(r.failure)
-    minProtocolVersion = r.success
-  }
-  const maxRaw = get("max_protocol_version")
-  let maxProtocolVersion: "3.0" | "3.2" = minProtocolVersion === "3.2" ? "3.2" : "3.0"
-  if (maxRaw !== undefined) {
-    const r = parseProtocolVersion(maxRaw, "max_protocol_version")
-    if (Result.isFailure(r)) return Result.fail(r.failure)
-    maxProtocolVersion = r.success
-  }
-  const protocolCheck = check(checks.checkProtocolRange(minProtocolVersion, maxProtocolVersion))
-  if (Result.isFailure(protocolCheck)) return Result.fail(protocolCheck.failure)
+/**
+ * Step 9: `min_protocol_version`, `max_protocol_version` (3.0, 3.2 or latest; max defaults to 3.2 when min is 3.2,
+ * else 3.0), min ≤ max.
+ */
+const resolveProtocolVersions = (get: Lookup): Result.Result<
+  { readonly minProtocolVersion: "3.0" | "3.2"; readonly maxProtocolVersion: "3.0" | "3.2" },
+  InvalidOption
+> =>
+  Result.gen(function*() {
+    const minRaw = get("min_protocol_version")
+    const minProtocolVersion = minRaw === undefined
+      ? "3.0" as const
+      : yield* parseProtocolVersion(minRaw, "min_protocol_version")
+    const maxRaw = get("max_protocol_version")
+    const maxProtocolVersion = maxRaw === undefined
+      ? minProtocolVersion
+      : yield* parseProtocolVersion(maxRaw, "max_protocol_version")
+    yield* check(checks.checkProtocolRange(minProtocolVersion, maxProtocolVersion))
+    return { minProtocolVersion, maxProtocolVersion }
+  })
 
-  // connect-time integer options
+/**
+ * Step 10 (connect time): one {@link HostEntry} per `connhost` entry — the port as an integer in 1..65535
+ * (`invalid integer value …`, `invalid port number: "%s"`); hostaddr makes it TCP, a host starting with `/` or `@`
+ * a unix socket directory, no host the default socket directory.
+ */
+const resolveHosts = (lists: HostLists): Result.Result<Array<HostEntry>, InvalidOption> => {
   const hosts: Array<HostEntry> = []
-  for (let i = 0; i < nconnhost; i++) {
-    const portString = ports[i]
+  for (let i = 0; i < lists.count; i++) {
+    const portString = lists.ports[i]
     let port = DEFAULT_PORT
     if (portString !== undefined && portString !== "") {
       const r = parseIntParam(portString, "port")
@@ -583,8 +662,8 @@ export const resolve = (raw: Readonly<Record<string, string | undefined>>): Resu
       if (r.success < 1 || r.success > 65535) return fail(`invalid port number: "${portString}"`)
       port = r.success
     }
-    const hostaddr = nonEmpty(hostaddrs[i])
-    const host = nonEmpty(hostnames[i])
+    const hostaddr = nonEmpty(lists.hostaddrs[i])
+    const host = nonEmpty(lists.hostnames[i])
     if (hostaddr !== undefined) hosts.push({ _tag: "Tcp", host, hostaddr, port })
     else if (host !== undefined) {
       hosts.push(
@@ -594,54 +673,46 @@ export const resolve = (raw: Readonly<Record<string, string | undefined>>): Resu
       )
     } else hosts.push({ _tag: "Unix", directory: DEFAULT_SOCKET_DIR, port })
   }
-
-  const optionalInt = (keyword: string): Result.Result<number | undefined, InvalidOption> => {
-    const value = get(keyword)
-    return value === undefined ? Result.succeed(undefined) : parseIntParam(value, keyword)
-  }
-  const nonNegative = (n: number | undefined): number | undefined => n === undefined ? undefined : Math.max(0, n)
-
-  const connectTimeout = optionalInt("connect_timeout")
-  if (Result.isFailure(connectTimeout)) return Result.fail(connectTimeout.failure)
-  const keepalives = optionalInt("keepalives")
-  if (Result.isFailure(keepalives)) return Result.fail(keepalives.failure)
-  const keepalivesIdle = optionalInt("keepalives_idle")
-  if (Result.isFailure(keepalivesIdle)) return Result.fail(keepalivesIdle.failure)
-  const keepalivesInterval = optionalInt("keepalives_interval")
-  if (Result.isFailure(keepalivesInterval)) return Result.fail(keepalivesInterval.failure)
-  const keepalivesCount = optionalInt("keepalives_count")
-  if (Result.isFailure(keepalivesCount)) return Result.fail(keepalivesCount.failure)
-  const tcpUserTimeout = optionalInt("tcp_user_timeout")
-  if (Result.isFailure(tcpUserTimeout)) return Result.fail(tcpUserTimeout.failure)
-
-  const timeout = connectTimeout.success
-  const sslpassword = get("sslpassword")
-  return Result.succeed({
-    hosts,
-    connectTimeout: timeout === undefined || timeout <= 0 ? undefined : timeout === 1 ? 2 : timeout,
-    keepalives: keepalives.success === undefined || keepalives.success !== 0,
-    keepalivesIdle: nonNegative(keepalivesIdle.success),
-    keepalivesInterval: nonNegative(keepalivesInterval.success),
-    keepalivesCount: nonNegative(keepalivesCount.success),
-    tcpUserTimeout: nonNegative(tcpUserTimeout.success),
-    sslmode,
-    sslnegotiation,
-    gssencmode,
-    sslrootcert: nonEmpty(sslrootcert),
-    sslcert: nonEmpty(get("sslcert")),
-    sslkey: nonEmpty(get("sslkey")),
-    sslpassword: sslpassword === undefined ? undefined : Redacted.make(sslpassword, { label: "sslpassword" }),
-    sslcrl: nonEmpty(get("sslcrl")),
-    sslcrldir: nonEmpty(get("sslcrldir")),
-    sslsni: (get("sslsni") ?? "1")[0] === "1",
-    sslMinProtocolVersion: sslMinIndex < 0 ? undefined : TLS_VERSIONS[sslMinIndex],
-    sslMaxProtocolVersion: sslMaxIndex < 0 ? undefined : TLS_VERSIONS[sslMaxIndex],
-    minProtocolVersion,
-    maxProtocolVersion,
-    requirepeer: nonEmpty(get("requirepeer")),
-    krbsrvname: get("krbsrvname")
-  })
+  return Result.succeed(hosts)
 }
+
+/** What step 11 yields for the options. */
+interface TcpOptions {
+  readonly connectTimeout: number | undefined
+  readonly keepalives: boolean
+  readonly keepalivesIdle: number | undefined
+  readonly keepalivesInterval: number | undefined
+  readonly keepalivesCount: number | undefined
+  readonly tcpUserTimeout: number | undefined
+}
+
+/**
+ * Step 11 (connect time): `connect_timeout` (≤ 0 = none, 1 is raised to 2), `keepalives`, `keepalives_idle`,
+ * `keepalives_interval`, `keepalives_count`, `tcp_user_timeout` — C ints (`invalid integer value "%s" for connection
+ * option "%s"`), negative durations clamped to 0.
+ */
+const resolveTcpOptions = (get: Lookup): Result.Result<TcpOptions, InvalidOption> =>
+  Result.gen(function*() {
+    const optionalInt = (keyword: string): Result.Result<number | undefined, InvalidOption> => {
+      const value = get(keyword)
+      return value === undefined ? Result.succeed(undefined) : parseIntParam(value, keyword)
+    }
+    const nonNegative = (n: number | undefined): number | undefined => n === undefined ? undefined : Math.max(0, n)
+    const timeout = yield* optionalInt("connect_timeout")
+    const keepalives = yield* optionalInt("keepalives")
+    const keepalivesIdle = yield* optionalInt("keepalives_idle")
+    const keepalivesInterval = yield* optionalInt("keepalives_interval")
+    const keepalivesCount = yield* optionalInt("keepalives_count")
+    const tcpUserTimeout = yield* optionalInt("tcp_user_timeout")
+    return {
+      connectTimeout: timeout === undefined || timeout <= 0 ? undefined : timeout === 1 ? 2 : timeout,
+      keepalives: keepalives === undefined || keepalives !== 0,
+      keepalivesIdle: nonNegative(keepalivesIdle),
+      keepalivesInterval: nonNegative(keepalivesInterval),
+      keepalivesCount: nonNegative(keepalivesCount),
+      tcpUserTimeout: nonNegative(tcpUserTimeout)
+    }
+  })
 
 /**
  * Validates an options object however it was built (by hand, spread from parsed options, from another library),
