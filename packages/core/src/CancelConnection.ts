@@ -5,7 +5,9 @@
  * as `PQcancelFinish` does; `reset` makes it ready to send the same key again.
  *
  * Every path steps the pure {@link CancelMachine}; this module only performs its actions through the
- * {@link Transport} service and feeds back the events.
+ * {@link Transport} service and feeds back the events. `blocking`, `cancel` and `cancelAll` step it straight from
+ * the socket's callbacks inside one `Effect.callback` (no queue or fiber hop per event; `cancel` makes no Scope or
+ * connection object at all); `start` + `poll` buffer the socket's events and apply one per `poll`.
  *
  * @example
  * ```ts
@@ -28,21 +30,20 @@
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
-import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
-import * as Redacted from "effect/Redacted"
+import * as References from "effect/References"
 import * as Result from "effect/Result"
-import * as Scope from "effect/Scope"
+import type * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
 import * as Stream from "effect/Stream"
+import * as Tracer from "effect/Tracer"
 import { CancelCreateError, CancelFailed, CancelTimeout } from "./CancelError.ts"
 import type { CancelKey } from "./CancelKey.ts"
 import * as CancelMachine from "./CancelMachine.ts"
 import type { ConnectionOptions, HostEntry } from "./ConnectionOptions.ts"
 import * as ConnectionOptionsNs from "./ConnectionOptions.ts"
+import { Driver } from "./internal/driver.ts"
 import { Transport } from "./Transport.ts"
-import type * as TransportNs from "./Transport.ts"
 
 /**
  * What `PQcancelCreate` reads off the original `PGconn`: its options, the host entry it connected to
@@ -115,12 +116,6 @@ export interface CancelConnection {
   readonly changes: Stream.Stream<Transition>
 }
 
-interface Live {
-  state: CancelMachine.State
-  connection: TransportNs.Connection | undefined
-  scope: Scope.Closeable | undefined
-}
-
 const stripNewline = (message: string): string => message.endsWith("\n") ? message.slice(0, -1) : message
 
 /** @internal */
@@ -132,45 +127,78 @@ export const validateSession = (session: SessionInfo): string | undefined => {
   return Result.isFailure(options) ? options.failure.message : undefined
 }
 
-const makeWith = Effect.fnUntraced(function*(
-  session: SessionInfo,
-  options: { readonly legacy: boolean; readonly initialError: string | undefined }
-) {
-  const transport = yield* Transport
-  const parent = yield* Effect.scope
-  // only ask for a GSS credential when GSS could be attempted (TCP, gssencmode not disabled)
-  const gssAvailable = options.legacy || options.initialError !== undefined ||
-      session.options.gssencmode === "disable" || session.address._tag === "Unix"
-    ? false
-    : yield* transport.gssCredentialsAvailable(session.options)
-  const config = session.key === undefined
-    ? undefined
-    : CancelMachine.makeConfig({
-      host: session.host,
-      address: session.address,
-      sslmode: session.options.sslmode,
-      sslnegotiation: session.options.sslnegotiation,
-      gssencmode: session.options.gssencmode,
-      sslsni: session.options.sslsni,
-      gssAvailable,
-      key: session.key,
-      legacy: options.legacy
-    })
-  const live: Live = {
-    state: options.initialError !== undefined || config === undefined
-      ? CancelMachine.failedState(`${options.initialError ?? "no cancellation key received"}\n`)
-      : CancelMachine.initial,
-    connection: undefined,
-    scope: undefined
-  }
-  const lock = yield* Semaphore.make(1)
-  // status watchers; nothing is allocated or timed for transitions nobody watches
-  const clock = yield* Clock.Clock
+// ---------------------------------------------------------------------------------------------------------------
+// The steps of a cancel, as libpq takes them: connect to the session's address, negotiate the session's encryption
+// (GSS, SSLRequest + TLS, direct TLS or none), send the CancelRequest, await the server's close. The pure
+// CancelMachine decides each step; the Driver performs them through the Transport.
+// ---------------------------------------------------------------------------------------------------------------
+
+interface Flavour {
+  readonly legacy: boolean
+  readonly initialError: string | undefined
+}
+
+const STRICT: Flavour = { legacy: false, initialError: undefined }
+
+// only ask for a GSS credential when GSS could be attempted (TCP, gssencmode not disabled)
+const gssAvailable = (transport: Transport["Service"], session: SessionInfo, flavour: Flavour) =>
+  flavour.legacy || flavour.initialError !== undefined || session.options.gssencmode === "disable" ||
+    session.address._tag === "Unix"
+    ? Effect.succeed(false)
+    : transport.gssCredentialsAvailable(session.options)
+
+// negotiate: what the machine will offer (sslmode, sslnegotiation, gssencmode, SNI) and the CancelRequest packet
+const machineConfig = (session: SessionInfo, key: CancelKey, legacy: boolean, gss: boolean) =>
+  CancelMachine.makeConfig({
+    host: session.host,
+    address: session.address,
+    sslmode: session.options.sslmode,
+    sslnegotiation: session.options.sslnegotiation,
+    gssencmode: session.options.gssencmode,
+    sslsni: session.options.sslsni,
+    gssAvailable: gss,
+    key,
+    legacy
+  })
+
+// the bound of a blocking cancel: the given timeout, else the session's connect_timeout (milliseconds)
+const deadlineMillis = (session: SessionInfo, timeout: Duration.Input | undefined): number | undefined => {
+  if (timeout !== undefined) return Duration.toMillis(Duration.fromInputUnsafe(timeout))
+  const seconds = session.options.connectTimeout
+  return seconds === undefined ? undefined : seconds * 1000
+}
+
+const failure = (driver: Driver) => new CancelFailed({ message: stripNewline(driver.state.error) })
+
+// the outcome of a run: OK, timeout expired, or libpq's message
+const outcome = (driver: Driver): Effect.Effect<void, CancelFailed | CancelTimeout> =>
+  driver.state.status === "OK"
+    ? Effect.void
+    : driver.timedOut
+    ? Effect.fail(new CancelTimeout({ message: stripNewline(driver.state.error) }))
+    : Effect.fail(failure(driver))
+
+// connect → negotiate → send → await the server's close, straight from the socket's callbacks
+const blockingRun = (
+  driver: Driver,
+  timeoutMillis: number | undefined,
+  onInterrupt: "close" | "detach"
+): Effect.Effect<void, CancelFailed | CancelTimeout> => {
+  if (!driver.apply(CancelMachine.Events.start).accepted) return Effect.fail(failure(driver))
+  return Effect.flatMap(driver.run(timeoutMillis, onInterrupt), () => outcome(driver))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The cancel connection object (PGcancelConn): the same driver, with a lock, a status stream and a Scope
+// ---------------------------------------------------------------------------------------------------------------
+
+// status watchers; nothing is allocated or timed for transitions nobody watches
+const makeWatchers = (clock: Clock.Clock, current: () => CancelMachine.State) => {
   const watchers = new Set<(transition: Transition) => void>()
-  let lastTransition: Transition | undefined
+  let last: Transition | undefined
   const transition = (): Transition => ({
-    status: live.state.status,
-    polling: live.state.polling,
+    status: current().status,
+    polling: current().polling,
     at: Number(clock.currentTimeNanosUnsafe()) / 1e6
   })
   const changes: Stream.Stream<Transition> = Stream.callback<Transition>((queue) =>
@@ -179,144 +207,84 @@ const makeWith = Effect.fnUntraced(function*(
         const watcher = (t: Transition) => {
           Queue.offerUnsafe(queue, t)
         }
-        Queue.offerUnsafe(queue, lastTransition ?? transition())
+        Queue.offerUnsafe(queue, last ?? transition())
         watchers.add(watcher)
         return watcher
       }),
       (watcher) => Effect.sync(() => watchers.delete(watcher))
     )
   )
-
-  // tell the watchers, if any, when the status changed
+  // tell the watchers, if any, that the status changed
   const publish = (before: CancelMachine.Status): void => {
-    if (live.state.status === before || watchers.size === 0) return
-    lastTransition = transition()
-    for (const watcher of watchers) watcher(lastTransition)
+    if (current().status === before || watchers.size === 0) return
+    last = transition()
+    for (const watcher of watchers) watcher(last)
   }
+  return { changes, publish }
+}
 
-  const closeSocket = Effect.suspend(() => {
-    const scope = live.scope
-    live.scope = undefined
-    live.connection = undefined
-    return scope === undefined ? Effect.void : Scope.close(scope, Exit.void)
-  })
-  yield* Effect.addFinalizer(() => closeSocket)
+const makeWith = Effect.fnUntraced(function*(session: SessionInfo, flavour: Flavour) {
+  const transport = yield* Transport
+  const clock = yield* Clock.Clock
+  const gss = yield* gssAvailable(transport, session, flavour)
+  const key = session.key
+  const config = key === undefined ? undefined : machineConfig(session, key, flavour.legacy, gss)
+  const initialState = flavour.initialError !== undefined || config === undefined
+    ? CancelMachine.failedState(`${flavour.initialError ?? "no cancellation key received"}\n`)
+    : CancelMachine.initial
+  let driver: Driver | undefined
+  const watchers = makeWatchers(clock, () => driver?.state ?? initialState)
+  // a connection that could not be created has no config: it stays BAD and never touches the network
+  driver = config === undefined
+    ? undefined
+    : new Driver(transport, session.options, config, initialState, watchers.publish)
+  const lock = yield* Semaphore.make(1)
+  const locked = lock.withPermits(1)
+  yield* Effect.addFinalizer(() => Effect.sync(() => driver?.close()))
 
-  const perform = (action: CancelMachine.Action): Effect.Effect<void> => {
-    switch (action._tag) {
-      case "Connect":
-        return closeSocket.pipe(
-          Effect.andThen(Scope.fork(parent)),
-          Effect.flatMap((scope) => {
-            live.scope = scope
-            return transport.connect({ address: action.address, options: session.options }).pipe(
-              Scope.provide(scope),
-              Effect.map((connection) => {
-                live.connection = connection
-              })
-            )
-          })
-        )
-      case "Close":
-        return closeSocket
-      case "Write":
-        return live.connection === undefined ? Effect.void : live.connection.write(Redacted.value(action.bytes))
-      case "StartTls":
-        return live.connection === undefined ? Effect.void : live.connection.startTls(action.request)
-      case "StartGss":
-        return live.connection === undefined ? Effect.void : live.connection.startGss
-    }
-  }
+  const badState = (): Effect.Effect<never, CancelFailed> =>
+    Effect.fail(new CancelFailed({ message: stripNewline(initialState.error) }))
 
-  // apply one event: step the pure machine, then perform its actions; never interrupted half-way
-  const apply = (event: CancelMachine.Event): Effect.Effect<CancelMachine.Step> =>
-    Effect.suspend(() => {
-      const before = live.state.status
-      const next = CancelMachine.step(config!, live.state, event)
-      live.state = next.state
-      publish(before)
-      const actions = next.actions
-      if (actions.length === 0) return Effect.succeed(next)
-      if (actions.length === 1) return Effect.as(perform(actions[0]!), next)
-      return Effect.as(Effect.forEach(actions, perform, { discard: true }), next)
-    }).pipe(Effect.uninterruptible)
-
-  const startUnlocked: Effect.Effect<void, CancelFailed> = Effect.suspend(() => {
-    if (config === undefined) return Effect.fail(new CancelFailed({ message: stripNewline(live.state.error) }))
-    return apply(CancelMachine.Events.start).pipe(
-      Effect.flatMap((step) =>
-        step.accepted ? Effect.void : Effect.fail(new CancelFailed({ message: stripNewline(live.state.error) }))
-      )
-    )
+  const start: Effect.Effect<void, CancelFailed> = Effect.suspend(() => {
+    if (driver === undefined) return badState()
+    return driver.apply(CancelMachine.Events.start).accepted ? Effect.void : Effect.fail(failure(driver))
   })
 
-  const pollUnlocked: Effect.Effect<CancelMachine.PollingStatus> = Effect.suspend(() => {
-    if (config === undefined) return Effect.succeed("FAILED" as const)
-    const connection = live.connection
-    if (!CancelMachine.isInFlight(live.state) || connection === undefined) {
-      return apply(CancelMachine.Events.poll).pipe(Effect.map((step) => step.state.polling))
-    }
-    return Queue.take(connection.events).pipe(
-      Effect.flatMap((event) =>
-        // an event of a socket we already replaced is stale
-        connection === live.connection ? apply(event) : Effect.succeed({ state: live.state })
-      ),
-      Effect.map((step) => step.state.polling)
-    )
-  })
-
-  // the poll loop: poll until OK or FAILED (each poll waits on the socket's next event, so this never spins)
-  const pollLoop: Effect.Effect<CancelMachine.PollingStatus> = Effect.flatMap(
-    pollUnlocked,
-    (p) => p === "READING" || p === "WRITING" ? pollLoop : Effect.succeed(p)
+  const poll: Effect.Effect<CancelMachine.PollingStatus> = Effect.suspend(() =>
+    driver === undefined ? Effect.succeed("FAILED" as const) : driver.poll
   )
 
-  const deadlineOf = (timeout: Duration.Input | undefined): Duration.Duration | undefined => {
-    if (timeout !== undefined) return Duration.fromInputUnsafe(timeout)
-    const seconds = session.options.connectTimeout
-    return seconds === undefined ? undefined : Duration.seconds(seconds)
-  }
+  const blocking = (options?: { readonly timeout?: Duration.Input | undefined }) =>
+    locked(Effect.suspend(() =>
+      driver === undefined
+        ? badState()
+        : blockingRun(driver, deadlineMillis(session, options?.timeout), "detach")
+    ))
 
-  const blocking = (
-    blockingOptions?: { readonly timeout?: Duration.Input | undefined }
-  ): Effect.Effect<void, CancelFailed | CancelTimeout> =>
-    Effect.gen(function*() {
-      yield* startUnlocked
-      const deadline = deadlineOf(blockingOptions?.timeout)
-      const outcome = deadline === undefined
-        ? Option.some(yield* pollLoop)
-        : yield* Effect.timeoutOption(pollLoop, deadline)
-      if (Option.isNone(outcome)) {
-        yield* apply(CancelMachine.Events.deadline)
-        return yield* new CancelTimeout({ message: stripNewline(live.state.error) })
-      }
-      if (outcome.value !== "OK") {
-        return yield* new CancelFailed({ message: stripNewline(live.state.error) })
-      }
-    }).pipe(lock.withPermits(1))
+  const reset = Effect.sync(() => {
+    if (driver === undefined) return
+    driver.apply(CancelMachine.Events.reset)
+    driver.close()
+  })
 
-  const reset = Effect.suspend(() => {
-    if (config === undefined) return Effect.void
-    return apply(CancelMachine.Events.reset).pipe(Effect.andThen(closeSocket))
-  }).pipe(lock.withPermits(1))
-
-  const finish = Effect.suspend(() => {
-    const before = live.state.status
-    live.state = CancelMachine.failedState("")
-    publish(before)
-    return closeSocket
-  }).pipe(lock.withPermits(1))
+  const finish = Effect.sync(() => {
+    if (driver === undefined) return
+    const before = driver.state.status
+    driver.state = CancelMachine.failedState("")
+    watchers.publish(before)
+    driver.close()
+  })
 
   const self: CancelConnection = {
-    start: lock.withPermits(1)(startUnlocked),
-    poll: lock.withPermits(1)(pollUnlocked),
+    start: locked(start),
+    poll: locked(poll),
     blocking,
-    status: Effect.sync(() => live.state.status),
-    socket: Effect.sync(() => live.connection === undefined ? -1 : live.connection.fd()),
-    errorMessage: Effect.sync(() => live.state.error),
-    reset,
-    finish,
-    changes
+    status: Effect.sync(() => driver?.state.status ?? initialState.status),
+    socket: Effect.sync(() => driver?.connection === undefined ? -1 : driver.connection.fd()),
+    errorMessage: Effect.sync(() => driver?.state.error ?? initialState.error),
+    reset: locked(reset),
+    finish: locked(finish),
+    changes: watchers.changes
   }
   return self
 })
@@ -333,7 +301,7 @@ export const make = (
 ): Effect.Effect<CancelConnection, CancelCreateError, Transport | Scope.Scope> => {
   const invalid = validateSession(session)
   return invalid === undefined
-    ? makeWith(session, { legacy: false, initialError: undefined })
+    ? makeWith(session, STRICT)
     : Effect.fail(new CancelCreateError({ message: invalid }))
 }
 
@@ -368,18 +336,43 @@ export const makeLegacy = (
 export const cancel = (
   session: SessionInfo,
   options?: { readonly timeout?: Duration.Input | undefined }
-): Effect.Effect<void, CancelCreateError | CancelFailed | CancelTimeout, Transport> =>
-  Effect.scoped(Effect.flatMap(make(session), (connection) => connection.blocking(options))).pipe(
-    // what a trace may show: where the cancel went and how; never the key
-    Effect.withSpan("pqcancel.cancel", {
-      attributes: {
-        "server.address": session.address._tag === "Unix" ? session.address.path : session.address.address,
-        "server.port": session.address._tag === "Unix" ? undefined : session.address.port,
-        "db.postgresql.backend_pid": session.key?.pid,
-        "pqcancel.sslmode": session.options.sslmode,
-        "pqcancel.sslnegotiation": session.options.sslnegotiation
-      }
-    })
+): Effect.Effect<void, CancelCreateError | CancelFailed | CancelTimeout, Transport> => {
+  const invalid = validateSession(session)
+  if (invalid !== undefined) return traced(session, Effect.fail(new CancelCreateError({ message: invalid })))
+  return traced(
+    session,
+    Effect.flatMap(
+      Effect.service(Transport),
+      (transport) =>
+        Effect.flatMap(gssAvailable(transport, session, STRICT), (gss) =>
+          Effect.suspend(() => {
+            // one machine, one socket, no Scope: the run closes the socket when it ends or is interrupted
+            const config = machineConfig(session, session.key!, false, gss)
+            const driver = new Driver(transport, session.options, config, CancelMachine.initial, undefined)
+            return blockingRun(driver, deadlineMillis(session, options?.timeout), "close").pipe(
+              Effect.ensuring(Effect.sync(() => driver.close()))
+            )
+          }))
+    )
+  )
+}
+
+// what a trace may show: where the cancel went and how; never the key. Without a tracing backend (Effect's
+// in-memory native tracer) or with tracing disabled, no span is made at all.
+const traced = <A, E, R>(session: SessionInfo, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.withFiber((fiber) =>
+    fiber.getRef(Tracer.Tracer) === Tracer.nativeTracer || !fiber.getRef(References.TracerEnabled)
+      ? effect
+      : Effect.withSpan(effect, "pqcancel.cancel", {
+        attributes: {
+          "db.system.name": "postgresql",
+          "server.address": session.address._tag === "Unix" ? session.address.path : session.address.address,
+          "server.port": session.address._tag === "Unix" ? undefined : session.address.port,
+          "db.postgresql.backend_pid": session.key?.pid,
+          "pqcancel.sslmode": session.options.sslmode,
+          "pqcancel.sslnegotiation": session.options.sslnegotiation
+        }
+      })
   )
 
 /**

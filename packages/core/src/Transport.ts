@@ -1,7 +1,8 @@
 /**
  * The `Transport` service: the only door between the cancel state machine and the network. It opens one socket to
- * one address, writes bytes, upgrades to TLS (or GSS) in place, and reports what happened as machine events on a
- * queue. `@pqcancel/node` provides it for Node (`net`, `tls`, unix sockets); tests can provide their own.
+ * one address, writes bytes, upgrades to TLS (or GSS) in place, and reports what happened as machine events to a
+ * callback (an {@link EventSink}), so a cancel steps its state machine straight from the socket's callbacks.
+ * `@pqcancel/node` provides it for Node (`net`, `tls`, unix sockets); tests can provide their own.
  *
  * @example
  * ```ts
@@ -17,8 +18,6 @@
  */
 import * as Context from "effect/Context"
 import type * as Effect from "effect/Effect"
-import type * as Queue from "effect/Queue"
-import type * as Scope from "effect/Scope"
 import type { Event, RemoteAddress, TlsRequest } from "./CancelMachine.ts"
 import type { ConnectionOptions } from "./ConnectionOptions.ts"
 
@@ -46,7 +45,18 @@ export type TransportEvent = Extract<
 >
 
 /**
- * One open (or opening) socket. Closed by the Scope it was acquired in, or earlier by `close`.
+ * Where a connection reports its outcomes, in order. A transport may call it from any socket callback, also from
+ * inside `Transport.connect` or a `Connection` method; the caller copes with re-entrant calls.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export type EventSink = (event: TransportEvent) => void
+
+/**
+ * One open (or opening) socket. Plain synchronous methods, called straight from the cancel's state machine (no
+ * fiber per call); every outcome arrives on the {@link EventSink} given to `connect`. The caller owns the connection
+ * and closes it (`close`) when its Scope or its cancel ends.
  *
  * @category models
  * @since 0.1.0
@@ -54,16 +64,14 @@ export type TransportEvent = Extract<
 export interface Connection {
   /** the OS socket descriptor (what `PQcancelSocket` returns), or -1 when there is none or it is unknown */
   readonly fd: () => number
-  /** every outcome of this socket, in order */
-  readonly events: Queue.Dequeue<TransportEvent>
   /** queue bytes for writing; a write error arrives as an `IoError` event */
-  readonly write: (bytes: Uint8Array) => Effect.Effect<void>
+  readonly write: (bytes: Uint8Array) => void
   /** begin a TLS handshake on this socket; the outcome arrives as `TlsEstablished` or `TlsFailed` */
-  readonly startTls: (request: TlsRequest) => Effect.Effect<void>
+  readonly startTls: (request: TlsRequest) => void
   /** begin GSS encryption; the outcome arrives as `GssEstablished` or `GssFailed` */
-  readonly startGss: Effect.Effect<void>
-  /** close the socket now (idempotent) */
-  readonly close: Effect.Effect<void>
+  readonly startGss: () => void
+  /** close the socket now (idempotent); no event is reported after it */
+  readonly close: () => void
 }
 
 /**
@@ -84,8 +92,11 @@ export interface ConnectRequest {
  * @since 0.1.0
  */
 export class Transport extends Context.Service<Transport, {
-  /** start connecting; the outcome arrives on the connection's `events` as `Connected` or `ConnectFailed` */
-  readonly connect: (request: ConnectRequest) => Effect.Effect<Connection, never, Scope.Scope>
+  /**
+   * start connecting; never throws: the outcome arrives on `sink` as `Connected` or `ConnectFailed`, then the
+   * socket's data, EOF, errors and handshake outcomes
+   */
+  readonly connect: (request: ConnectRequest, sink: EventSink) => Connection
   /** whether GSS encryption could be attempted (libpq's `pg_GSS_have_cred_cache`); false without a GSS provider */
   readonly gssCredentialsAvailable: (options: ConnectionOptions) => Effect.Effect<boolean>
 }>()("@pqcancel/core/Transport") {}

@@ -22,9 +22,7 @@ import { Transport } from "@pqcancel/core/Transport"
 import type * as TransportNs from "@pqcancel/core/Transport"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Queue from "effect/Queue"
 import * as Redacted from "effect/Redacted"
-import type * as Scope from "effect/Scope"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
@@ -312,102 +310,129 @@ const applyKeepalives = (socket: Net.Socket, options: ConnectionOptions.Connecti
   }
 }
 
-const connect = (request: TransportNs.ConnectRequest): Effect.Effect<TransportNs.Connection, never, Scope.Scope> =>
-  Effect.map(Queue.unbounded<TransportNs.TransportEvent>(), (events) => {
-    const emit = (event: TransportNs.TransportEvent) => {
-      Queue.offerUnsafe(events, event)
-    }
-    const raw = new Net.Socket()
-    let active: Net.Socket = raw
-    let connected = false
-    let closed = false
+// One socket, reporting to the cancel's event sink straight from Node's callbacks (no queue, no fiber per event).
+// A class, so a cancel allocates its listeners and nothing per method.
+class NodeConnection implements TransportNs.Connection {
+  private readonly raw = new Net.Socket()
+  private active: Net.Socket = this.raw
+  private connected = false
+  private secured = false
+  private closed = false
+  private readonly request: TransportNs.ConnectRequest
+  private readonly emit: TransportNs.EventSink
 
-    const onData = (bytes: Buffer) => emit({ _tag: "Data", bytes })
-    const onEnd = () => emit({ _tag: "Eof" })
-    const onError = (error: NodeJS.ErrnoException) => {
-      emit(
-        connected
-          ? { _tag: "IoError", code: error.code, message: errorText(error) }
-          : {
-            _tag: "ConnectFailed",
-            message: errorText(error),
-            errno: typeof error.errno === "number" ? Math.abs(error.errno) : undefined
-          }
-      )
-    }
-    raw.on("data", onData)
-    raw.on("end", onEnd)
-    raw.on("error", onError)
-    raw.once("connect", () => {
-      connected = true
-      if (request.address._tag === "Unix" && request.options.requirepeer !== undefined) {
-        // Node cannot read the peer's credentials (SO_PEERCRED): refuse, as libpq does where it cannot check
-        emit({ _tag: "PeerRejected", message: "requirepeer parameter is not supported on this platform" })
-        return
-      }
-      if (request.address._tag === "Tcp") applyKeepalives(raw, request.options)
-      emit({ _tag: "Connected" })
-    })
+  constructor(request: TransportNs.ConnectRequest, sink: TransportNs.EventSink) {
+    this.request = request
+    this.emit = sink
+    const raw = this.raw
+    raw.on("data", this.onData)
+    raw.on("end", this.onEnd)
+    raw.on("error", this.onError)
+    raw.once("connect", this.onConnect)
     if (request.address._tag === "Unix") {
       raw.connect({ path: request.address.path })
     } else {
       raw.connect({ host: request.address.address, port: request.address.port, family: request.address.family })
     }
+  }
 
-    const startTls = (tlsRequest: CancelMachine.TlsRequest) =>
-      Effect.sync(() => {
-        if (closed) return
-        const files = tlsFiles(request.options)
-        if (files.error !== undefined) {
-          emit({ _tag: "TlsFailed", message: files.error })
-          return
+  private readonly onData = (bytes: Buffer) => this.emit({ _tag: "Data", bytes })
+  private readonly onEnd = () => this.emit(Eof)
+  private readonly onError = (error: NodeJS.ErrnoException) => {
+    this.emit(
+      this.connected
+        ? { _tag: "IoError", code: error.code, message: errorText(error) }
+        : {
+          _tag: "ConnectFailed",
+          message: errorText(error),
+          errno: typeof error.errno === "number" ? Math.abs(error.errno) : undefined
         }
-        raw.off("data", onData)
-        raw.off("end", onEnd)
-        raw.off("error", onError)
-        raw.on("error", () => {})
-        let secured = false
-        const secure = Tls.connect(tlsOptions(raw, tlsRequest, files))
-        active = secure
-        secure.once("secureConnect", () => {
-          secured = true
-          const alpn = secure.alpnProtocol
-          emit({ _tag: "TlsEstablished", alpn: typeof alpn === "string" ? alpn : false })
-        })
-        secure.on("data", onData)
-        // the server hung up during the handshake: libpq's "SSL SYSCALL error: EOF detected"
-        secure.on("end", () =>
-          secured ? onEnd() : emit({ _tag: "TlsFailed", message: "SSL SYSCALL error: EOF detected" }))
-        secure.on("error", (error: NodeJS.ErrnoException) => {
-          emit(
-            secured
-              ? { _tag: "IoError", code: error.code, message: errorText(error) }
-              : { _tag: "TlsFailed", message: tlsErrorText(error) }
-          )
-        })
-      })
-
-    const close = Effect.sync(() => {
-      if (closed) return
-      closed = true
-      active.destroy()
-      raw.destroy()
-      Queue.shutdownUnsafe(events)
-    })
-
-    const connection: TransportNs.Connection = {
-      fd: () => closed ? -1 : fdOf(raw),
-      events,
-      write: (bytes) =>
-        Effect.sync(() => {
-          if (!closed) active.write(bytes)
-        }),
-      startTls,
-      startGss: Effect.sync(() => emit({ _tag: "GssFailed", message: "GSSAPI encryption is not supported" })),
-      close
+    )
+  }
+  private readonly onConnect = () => {
+    this.connected = true
+    const request = this.request
+    if (request.address._tag === "Unix" && request.options.requirepeer !== undefined) {
+      // Node cannot read the peer's credentials (SO_PEERCRED): refuse, as libpq does where it cannot check
+      this.emit({ _tag: "PeerRejected", message: "requirepeer parameter is not supported on this platform" })
+      return
     }
-    return connection
-  }).pipe(Effect.flatMap((connection) => Effect.as(Effect.addFinalizer(() => connection.close), connection)))
+    if (request.address._tag === "Tcp") applyKeepalives(this.raw, request.options)
+    this.emit(Connected)
+  }
+
+  fd(): number {
+    return this.closed ? -1 : fdOf(this.raw)
+  }
+
+  write(bytes: Uint8Array): void {
+    if (!this.closed) this.active.write(bytes)
+  }
+
+  startTls(tlsRequest: CancelMachine.TlsRequest): void {
+    if (this.closed) return
+    const emit = this.emit
+    const files = tlsFiles(this.request.options)
+    if (files.error !== undefined) {
+      emit({ _tag: "TlsFailed", message: files.error })
+      return
+    }
+    const raw = this.raw
+    raw.off("data", this.onData)
+    raw.off("end", this.onEnd)
+    raw.off("error", this.onError)
+    raw.on("error", ignore)
+    const secure = Tls.connect(tlsOptions(raw, tlsRequest, files))
+    this.active = secure
+    secure.once("secureConnect", () => {
+      this.secured = true
+      const alpn = secure.alpnProtocol
+      emit({ _tag: "TlsEstablished", alpn: typeof alpn === "string" ? alpn : false })
+    })
+    secure.on("data", this.onData)
+    // the server hung up during the handshake: libpq's "SSL SYSCALL error: EOF detected"
+    secure.on(
+      "end",
+      () => this.secured ? this.onEnd() : emit({ _tag: "TlsFailed", message: "SSL SYSCALL error: EOF detected" })
+    )
+    secure.on("error", (error: NodeJS.ErrnoException) => {
+      emit(
+        this.secured
+          ? { _tag: "IoError", code: error.code, message: errorText(error) }
+          : { _tag: "TlsFailed", message: tlsErrorText(error) }
+      )
+    })
+  }
+
+  startGss(): void {
+    this.emit({ _tag: "GssFailed", message: "GSSAPI encryption is not supported" })
+  }
+
+  close(): void {
+    if (this.closed) return
+    this.closed = true
+    const active = this.active
+    const raw = this.raw
+    if (this.secured && !active.readableEnded) {
+      // a TLS session the server has not closed (a failed or interrupted cancel): Node may still hold the
+      // handshake's last flight (the client's Finished) for its next I/O turn; let it out before destroying
+      setImmediate(() => {
+        active.destroy()
+        raw.destroy()
+      })
+      return
+    }
+    active.destroy()
+    raw.destroy()
+  }
+}
+
+const Connected = { _tag: "Connected" } as const
+const Eof = { _tag: "Eof" } as const
+const ignore = () => {}
+
+const connect = (request: TransportNs.ConnectRequest, sink: TransportNs.EventSink): TransportNs.Connection =>
+  new NodeConnection(request, sink)
 
 /**
  * The Node transport.

@@ -1,0 +1,173 @@
+/**
+ * The I/O driver of one cancel connection: it performs the {@link CancelMachine}'s actions through a
+ * {@link Transport} connection and feeds the socket's outcomes back into the machine.
+ *
+ * Two ways to feed it:
+ * - run mode (`blocking`, `cancel`): events are applied straight from the socket's callbacks until the machine is
+ *   `OK` or `BAD` — no queue, no fiber hop per event;
+ * - step mode (`start` / `poll`): events are buffered and each `poll` applies the next one.
+ *
+ * @internal
+ */
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
+import * as CancelMachine from "../CancelMachine.ts"
+import type { ConnectionOptions } from "../ConnectionOptions.ts"
+import type { Connection, Transport, TransportEvent } from "../Transport.ts"
+
+// every JavaScript runtime has timers; core has no Node (or DOM) types, so declare the two it uses
+declare const setTimeout: (callback: () => void, ms: number) => unknown
+declare const clearTimeout: (handle: unknown) => void
+
+/** setTimeout's largest delay; a longer deadline is no deadline */
+const MAX_TIMER_MS = 2_147_483_647
+
+/** @internal */
+export class Driver {
+  state: CancelMachine.State
+  connection: Connection | undefined = undefined
+  /** bumped whenever the socket is closed, so events of a replaced socket are dropped */
+  private generation = 0
+  /** events received and not applied yet (step mode, or events reported while a step is being applied) */
+  private readonly pending: Array<TransportEvent> = []
+  private applying = false
+  /** the last `run` ended by its deadline */
+  timedOut = false
+  /** run mode: called once the machine is `OK` or `BAD` */
+  private settle: (() => void) | undefined = undefined
+  /** step mode: wakes the poll waiting for the next event */
+  private wake: (() => void) | undefined = undefined
+
+  readonly transport: Transport["Service"]
+  readonly options: ConnectionOptions
+  readonly config: CancelMachine.MachineConfig
+  /** told about every status change (for the `changes` stream), if anyone listens */
+  readonly onStatus: ((before: CancelMachine.Status) => void) | undefined
+
+  constructor(
+    transport: Transport["Service"],
+    options: ConnectionOptions,
+    config: CancelMachine.MachineConfig,
+    state: CancelMachine.State,
+    onStatus: ((before: CancelMachine.Status) => void) | undefined
+  ) {
+    this.transport = transport
+    this.options = options
+    this.config = config
+    this.state = state
+    this.onStatus = onStatus
+  }
+
+  /** step the pure machine with one event and perform its actions, synchronously */
+  apply(event: CancelMachine.Event): CancelMachine.Step {
+    const before = this.state.status
+    const next = CancelMachine.step(this.config, this.state, event)
+    this.state = next.state
+    if (this.onStatus !== undefined && next.state.status !== before) this.onStatus(before)
+    const actions = next.actions
+    for (let i = 0; i < actions.length; i++) this.perform(actions[i]!)
+    return next
+  }
+
+  private perform(action: CancelMachine.Action): void {
+    switch (action._tag) {
+      case "Connect":
+        return this.connect(action.address)
+      case "Close":
+        return this.close()
+      case "Write":
+        return this.connection?.write(Redacted.value(action.bytes))
+      case "StartTls":
+        return this.connection?.startTls(action.request)
+      case "StartGss":
+        return this.connection?.startGss()
+    }
+  }
+
+  private connect(address: CancelMachine.RemoteAddress): void {
+    this.close()
+    const generation = this.generation
+    this.connection = this.transport.connect({ address, options: this.options }, (event) => {
+      if (generation === this.generation) this.receive(event)
+    })
+  }
+
+  /** close the socket (if any); what it reports from now on is ignored */
+  close(): void {
+    this.generation++
+    this.pending.length = 0
+    const connection = this.connection
+    this.connection = undefined
+    connection?.close()
+  }
+
+  private receive(event: TransportEvent): void {
+    this.pending.push(event)
+    if (this.settle !== undefined) this.drain()
+    else if (this.wake !== undefined) this.wake()
+  }
+
+  // run mode: apply what arrived, in order, until the machine is done
+  private drain(): void {
+    if (this.applying) return
+    this.applying = true
+    try {
+      while (this.settle !== undefined && this.pending.length > 0) {
+        this.apply(this.pending.shift()!)
+        if (CancelMachine.isTerminal(this.state)) this.settle?.()
+      }
+    } finally {
+      this.applying = false
+    }
+  }
+
+  /**
+   * Run mode: apply the socket's events as they arrive until the machine is `OK` or `BAD`, or `timeoutMs` passed
+   * (then the machine gets its `Deadline` event). On interruption the socket is closed (`onInterrupt: "close"`) or
+   * left to the owner (`"detach"`: a later `poll` or the owner's Scope continues from here).
+   */
+  run(timeoutMs: number | undefined, onInterrupt: "close" | "detach"): Effect.Effect<void> {
+    return Effect.callback<void>((resume) => {
+      if (!CancelMachine.isInFlight(this.state)) return resume(Effect.void)
+      this.timedOut = false
+      let timer: unknown
+      this.settle = () => {
+        this.settle = undefined
+        if (timer !== undefined) clearTimeout(timer)
+        resume(Effect.void)
+      }
+      if (timeoutMs !== undefined && timeoutMs <= MAX_TIMER_MS) {
+        timer = setTimeout(() => {
+          timer = undefined
+          this.timedOut = true
+          this.apply(CancelMachine.Events.deadline)
+          this.settle?.()
+        }, timeoutMs)
+      }
+      this.drain()
+      return Effect.sync(() => {
+        if (timer !== undefined) clearTimeout(timer)
+        this.settle = undefined
+        if (onInterrupt === "close") this.close()
+      })
+    })
+  }
+
+  /** Step mode: apply the next event of the socket (waiting for it), or a `Poll` when no socket is in flight. */
+  readonly poll: Effect.Effect<CancelMachine.PollingStatus> = Effect.suspend(() => {
+    if (!CancelMachine.isInFlight(this.state) || this.connection === undefined) {
+      return Effect.succeed(this.apply(CancelMachine.Events.poll).state.polling)
+    }
+    if (this.pending.length > 0) return Effect.succeed(this.apply(this.pending.shift()!).state.polling)
+    return Effect.callback<CancelMachine.PollingStatus>((resume) => {
+      this.wake = () => {
+        this.wake = undefined
+        // the event stays buffered until applied, so an interruption in between loses nothing
+        resume(this.poll)
+      }
+      return Effect.sync(() => {
+        this.wake = undefined
+      })
+    })
+  })
+}
