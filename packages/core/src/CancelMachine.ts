@@ -6,7 +6,9 @@
  * steps this one machine; the I/O around it only executes the actions it returns and feeds back what happened.
  *
  * - statuses: `ALLOCATED`, `STARTED`, `MADE`, `AWAITING_RESPONSE`, `SSL_STARTUP`, `GSS_STARTUP`, `OK`, `BAD`
- * - polling results: `READING`, `WRITING`, `OK`, `FAILED`
+ * - polling results: `READING`, `WRITING`, `OK`, `FAILED`, step for step as libpq's: `WRITING`/`MADE` after the
+ *   connect, after a TLS/GSS handshake and after a refusal on the same socket; the poll after that sends the next
+ *   packet without waiting for I/O ({@link advancesOnPoll})
  * - encryption selection exactly as libpq's `init_allowed_encryption_methods` / `select_next_encryption_method`:
  *   GSS first (when a credential is available), then, for `sslmode=allow`, plaintext before TLS, otherwise TLS
  *   before plaintext; a refused SSLRequest (`'N'`) falls back on the same socket, a failed handshake on a new one;
@@ -166,6 +168,8 @@ export interface State {
   readonly method: number
   /** TLS or GSS encryption is up on the current socket */
   readonly encrypted: boolean
+  /** a TLS or GSS handshake the machine asked for is under way (`SSL_STARTUP` / `GSS_STARTUP`, `READING`) */
+  readonly handshaking: boolean
   /** whether a socket is open */
   readonly open: boolean
   /** accumulated libpq error text (each message ends with "\n"); empty after success */
@@ -185,6 +189,7 @@ export const initial: State = {
   failed: 0,
   method: METHOD_NONE,
   encrypted: false,
+  handshaking: false,
   open: false,
   error: ""
 }
@@ -370,6 +375,7 @@ const make = (
   failed: changes?.failed ?? prev.failed,
   method: changes?.method ?? prev.method,
   encrypted: changes?.encrypted ?? prev.encrypted,
+  handshaking: changes?.handshaking ?? prev.handshaking,
   open: changes?.open ?? prev.open,
   error: changes?.error ?? prev.error
 })
@@ -423,11 +429,17 @@ const connect = (config: MachineConfig, state: State, method: number, closeFirst
     make(state, "STARTED", "WRITING", {
       method,
       encrypted: false,
+      handshaking: false,
       open: true,
       error: state.error + config.hostPrefix
     }),
     closeFirst ? [config.actions.close, config.actions.connect] : [config.actions.connect]
   )
+
+// libpq returns WRITING/MADE after connecting, after a handshake and after a refusal on the same socket: the next
+// poll (the socket is writable at once) runs CONNECTION_MADE
+const toMade = (state: State, changes?: Partial<Omit<State, "status" | "polling">>): Step =>
+  result(make(state, "MADE", "WRITING", { handshaking: false, ...changes }))
 
 // CONNECTION_MADE: negotiate encryption or send the CancelRequest
 const made = (config: MachineConfig, state: State): Step => {
@@ -435,9 +447,15 @@ const made = (config: MachineConfig, state: State): Step => {
     return result(make(state, "GSS_STARTUP", "READING"), [config.actions.gssRequest])
   }
   if (state.method === METHOD_SSL && !state.encrypted) {
+    // direct: SSL_STARTUP, WRITING; the next poll starts the handshake (pqsecure_open_client)
     return config.sslnegotiation === "direct"
-      ? result(make(state, "SSL_STARTUP", "WRITING"), [config.actions.startTlsDirect])
+      ? result(make(state, "SSL_STARTUP", "WRITING"))
       : result(make(state, "SSL_STARTUP", "READING"), [config.actions.sslRequest])
+  }
+  // a plaintext CancelRequest over TCP with direct TLS configured is impossible (initMethods never allows it): never
+  // send one (unix sockets never encrypt, as in libpq)
+  if (!state.encrypted && config.sslnegotiation === "direct" && !config.legacy && config.address._tag === "Tcp") {
+    return bad(state, checks.checkSslNegotiation(config.sslmode, config.sslnegotiation) ?? Messages.invalidState)
   }
   return result(
     make(state, "AWAITING_RESPONSE", "READING"),
@@ -453,13 +471,17 @@ const negotiationFailed = (config: MachineConfig, state: State, message: string)
   if (method === METHOD_SSL && config.sslnegotiation === "direct") {
     return connect(config, make(state, state.status, state.polling, { failed }), method, true)
   }
-  return made(config, make(state, "MADE", "WRITING", { failed, method }))
+  return toMade(state, { failed, method })
 }
 
 // CONNECTION_FAILED: the attempt with this method is over; a new socket with the next method, or BAD
 const connectionFailed = (config: MachineConfig, state: State, message: string): Step => {
   const failed = state.failed | state.method
-  const withError = make(state, state.status, state.polling, { failed, error: state.error + message + "\n" })
+  const withError = make(state, state.status, state.polling, {
+    failed,
+    handshaking: false,
+    error: state.error + message + "\n"
+  })
   const method = nextMethod(config, state.allowed, failed)
   if (method === METHOD_NONE) return result(make(withError, "BAD", "FAILED"))
   return connect(config, withError, method, true)
@@ -480,6 +502,17 @@ const succeeded = (config: MachineConfig, state: State): Step =>
   result(make(state, "OK", "OK", { error: "", open: false }), [config.actions.close])
 
 const isNegotiating = (status: Status): boolean => status === "SSL_STARTUP" || status === "GSS_STARTUP"
+
+/**
+ * Whether the next poll advances without waiting for I/O: `MADE` (send the next packet) and, for direct TLS,
+ * `SSL_STARTUP` + `WRITING` (start the handshake). libpq finds the socket writable at once there; a driver steps
+ * {@link Events.poll} instead of waiting for a socket event.
+ *
+ * @category guards
+ * @since 0.1.0
+ */
+export const advancesOnPoll = (state: State): boolean =>
+  state.status === "MADE" || (state.status === "SSL_STARTUP" && state.polling === "WRITING" && !state.handshaking)
 
 /**
  * One transition. Pure: the same inputs give the same outputs; the only allocation is the result.
@@ -507,6 +540,10 @@ export const step = (config: MachineConfig, state: State, event: Event): Step =>
       return result(initial, state.open ? [config.actions.close] : NO_ACTIONS)
     case "Poll": {
       if (state.status === "ALLOCATED") return bad(state, Messages.invalidState)
+      if (state.status === "MADE") return made(config, state)
+      if (state.status === "SSL_STARTUP" && state.polling === "WRITING" && !state.handshaking) {
+        return result(make(state, "SSL_STARTUP", "READING", { handshaking: true }), [config.actions.startTlsDirect])
+      }
       return result(state)
     }
   }
@@ -525,7 +562,7 @@ export const step = (config: MachineConfig, state: State, event: Event): Step =>
     }
     case "Connected": {
       if (state.status !== "STARTED") return result(state)
-      return made(config, make(state, "MADE", "WRITING"))
+      return toMade(state)
     }
     case "IoError": {
       if (state.status === "STARTED") return bad(state, connectFailure(config, event.message))
@@ -543,12 +580,14 @@ export const step = (config: MachineConfig, state: State, event: Event): Step =>
         return config.legacy ? succeeded(config, state) : bad(state, Messages.unexpectedResponse)
       }
       if (state.status === "SSL_STARTUP") {
-        // WRITING = the handshake is under way: plaintext bytes now are an attack (or a broken server)
-        if (state.polling === "WRITING") return bad(state, Messages.sslUnencryptedData)
+        // the handshake is under way (or, direct, about to start): plaintext bytes now are an attack or a broken
+        // server
+        if (state.handshaking || state.polling === "WRITING") return bad(state, Messages.sslUnencryptedData)
         const answer = bytes[0]!
         if (answer === 0x53 /* S */) {
           if (bytes.length > 1) return bad(state, Messages.sslUnencryptedData)
-          return result(make(state, "SSL_STARTUP", "WRITING"), [config.actions.startTls])
+          // libpq reads 'S' and starts the handshake in the same poll: READING for the server's first flight
+          return result(make(state, "SSL_STARTUP", "READING", { handshaking: true }), [config.actions.startTls])
         }
         if (answer === 0x4e /* N */) {
           if (bytes.length > 1) return bad(state, Messages.sslUnencryptedData)
@@ -558,11 +597,11 @@ export const step = (config: MachineConfig, state: State, event: Event): Step =>
         return bad(state, Messages.invalidSslResponse(answer))
       }
       if (state.status === "GSS_STARTUP") {
-        if (state.polling === "WRITING") return bad(state, Messages.gssUnencryptedData)
+        if (state.handshaking) return bad(state, Messages.gssUnencryptedData)
         const answer = bytes[0]!
         if (answer === 0x47 /* G */) {
           if (bytes.length > 1) return bad(state, Messages.gssUnencryptedData)
-          return result(make(state, "GSS_STARTUP", "WRITING"), [config.actions.startGss])
+          return result(make(state, "GSS_STARTUP", "READING", { handshaking: true }), [config.actions.startGss])
         }
         if (answer === 0x4e /* N */) {
           if (bytes.length > 1) return bad(state, Messages.gssUnencryptedData)
@@ -574,25 +613,26 @@ export const step = (config: MachineConfig, state: State, event: Event): Step =>
       return bad(state, Messages.unexpectedResponse)
     }
     case "TlsEstablished": {
-      // only a handshake the machine asked for counts (SSL_STARTUP + WRITING)
-      if (state.status !== "SSL_STARTUP" || state.polling !== "WRITING") return result(state)
+      // only a handshake the machine asked for counts
+      if (state.status !== "SSL_STARTUP" || !state.handshaking) return result(state)
       if (config.sslnegotiation === "direct") {
         // libpq fails the attempt (CONNECTION_FAILED) when direct TLS came up without ALPN "postgresql"
         if (event.alpn === false) return connectionFailed(config, state, Messages.noAlpn)
         if (event.alpn !== "postgresql") return connectionFailed(config, state, Messages.wrongAlpn)
       }
-      return made(config, make(state, "MADE", "WRITING", { encrypted: true }))
+      // libpq: "SSL handshake done, ready to send startup packet": MADE, WRITING
+      return toMade(state, { encrypted: true })
     }
     case "TlsFailed": {
-      if (state.status !== "SSL_STARTUP" || state.polling !== "WRITING") return result(state)
+      if (state.status !== "SSL_STARTUP" || !state.handshaking) return result(state)
       return connectionFailed(config, state, event.message)
     }
     case "GssEstablished": {
-      if (state.status !== "GSS_STARTUP" || state.polling !== "WRITING") return result(state)
-      return made(config, make(state, "MADE", "WRITING", { encrypted: true }))
+      if (state.status !== "GSS_STARTUP" || !state.handshaking) return result(state)
+      return toMade(state, { encrypted: true })
     }
     case "GssFailed": {
-      if (state.status !== "GSS_STARTUP" || state.polling !== "WRITING") return result(state)
+      if (state.status !== "GSS_STARTUP" || !state.handshaking) return result(state)
       return connectionFailed(config, state, event.message)
     }
   }

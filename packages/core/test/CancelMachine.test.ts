@@ -216,11 +216,14 @@ describe("CancelMachine", () => {
     reply: Schema.Literals(["eof", "byte"])
   })
 
+  // libpq's poll loop against the simulated server: every poll either advances on its own (MADE, direct TLS's
+  // SSL_STARTUP + WRITING: the socket is writable at once) or consumes the next I/O event; `polls` records
+  // `polling/status` after each poll, as PQcancelPoll + PQcancelStatus report them
   const run = (setup: Setup, server: Server) => {
     const config = configOf(setup)
-    let state = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start).state
     const queue: Array<CancelMachine.Event> = []
     const trace: Array<string> = []
+    const polls: Array<string> = []
     let sockets = 0
     const perform = (actions: ReadonlyArray<CancelMachine.Action>) => {
       for (const action of actions) {
@@ -244,13 +247,43 @@ describe("CancelMachine", () => {
         }
       }
     }
-    perform(CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start).actions)
-    while (queue.length > 0 && !CancelMachine.isTerminal(state)) {
-      const next = CancelMachine.step(config, state, queue.shift()!)
+    const started = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start)
+    let state = started.state
+    perform(started.actions)
+    while (!CancelMachine.isTerminal(state) && polls.length < 20) {
+      const event = CancelMachine.advancesOnPoll(state) ? CancelMachine.Events.poll : queue.shift()
+      if (event === undefined) break
+      const next = CancelMachine.step(config, state, event)
       state = next.state
       perform(next.actions)
+      polls.push(`${state.polling}/${state.status}`)
     }
-    return { state, trace, sockets }
+    return { state, trace, sockets, polls }
+  }
+
+  // libpq 18's PQcancelPoll results and statuses, poll by poll (fe-connect.c: WRITING/MADE after connect(), after a
+  // handshake and after 'N' on the same socket; reading 'S' starts the handshake in the same poll)
+  const W_MADE = "WRITING/MADE"
+  const R_SSL = "READING/SSL_STARTUP"
+  const W_SSL = "WRITING/SSL_STARTUP"
+  const R_AWAIT = "READING/AWAITING_RESPONSE"
+  const W_STARTED = "WRITING/STARTED"
+  const FAILED = "FAILED/BAD"
+  const libpqPolls = (setup: Setup, server: Server): ReadonlyArray<string> => {
+    const send = [R_AWAIT, server.reply === "eof" ? "OK/OK" : FAILED]
+    const plaintextOnly = setup.unix || setup.sslmode === "disable" || setup.sslmode === "allow"
+    if (plaintextOnly) return [W_MADE, ...send]
+    if (setup.sslnegotiation === "direct") {
+      return server.ssl === "handshake-fails"
+        ? [W_MADE, W_SSL, R_SSL, FAILED]
+        : [W_MADE, W_SSL, R_SSL, W_MADE, ...send]
+    }
+    if (server.ssl === "S") return [W_MADE, R_SSL, R_SSL, W_MADE, ...send]
+    if (server.ssl === "E") return [W_MADE, R_SSL, FAILED]
+    const prefer = setup.sslmode === "prefer"
+    if (server.ssl === "N") return prefer ? [W_MADE, R_SSL, W_MADE, ...send] : [W_MADE, R_SSL, FAILED]
+    // a failed handshake: prefer retries in plaintext on a new socket (CONNECTION_FAILED ⇒ CONNECTION_NEEDED)
+    return prefer ? [W_MADE, R_SSL, R_SSL, W_STARTED, W_MADE, ...send] : [W_MADE, R_SSL, R_SSL, FAILED]
   }
 
   it.prop(
@@ -258,7 +291,7 @@ describe("CancelMachine", () => {
     { setup: Arbitrary.schema(SetupSchema), server: Arbitrary.schema(ServerSchema) },
     ({ server, setup: raw }) => {
       const setup = { ...toSetup(raw), gssAvailable: false }
-      const { sockets, state, trace } = run(setup, server)
+      const { polls, sockets, state, trace } = run(setup, server)
       if (setup.sslnegotiation === "direct" && !strongSsl(setup.sslmode) && !setup.legacy) {
         // a hand-built config option validation would have refused: the machine refuses it before connecting
         assert.strictEqual(state.status, "BAD")
@@ -300,6 +333,8 @@ describe("CancelMachine", () => {
         assert.strictEqual(state.status, "BAD")
         if (server.ssl === "N") assert.include(state.error, "server does not support SSL, but SSL was required")
       }
+      // libpq's poll results, step for step (the legacy API has no poll loop)
+      if (!setup.legacy) assert.deepStrictEqual(polls, libpqPolls(setup, server))
       if (sent.length > 0) {
         const legacyReplyOk = setup.legacy
         assert.strictEqual(state.status, server.reply === "eof" || legacyReplyOk ? "OK" : "BAD")
@@ -313,6 +348,7 @@ describe("CancelMachine", () => {
     const config = tcpConfig("require")
     let state = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start).state
     state = CancelMachine.step(config, state, CancelMachine.Events.connected).state
+    state = CancelMachine.step(config, state, CancelMachine.Events.poll).state
     state = CancelMachine.step(config, state, { _tag: "Data", bytes: bytes("N") }).state
     assert.strictEqual(
       state.error,
@@ -324,6 +360,7 @@ describe("CancelMachine", () => {
     const config = tcpConfig("prefer")
     let state = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start).state
     state = CancelMachine.step(config, state, CancelMachine.Events.connected).state
+    state = CancelMachine.step(config, state, CancelMachine.Events.poll).state
     const next = CancelMachine.step(config, state, { _tag: "Data", bytes: bytes("SX") })
     assert.strictEqual(next.state.status, "BAD")
     assert.include(next.state.error, "received unencrypted data after SSL response")
@@ -346,7 +383,8 @@ describe("CancelMachine", () => {
   it("never exposes the key: configs and steps print the CancelRequest as redacted", () => {
     const config = tcpConfig("disable")
     let state = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start).state
-    const sent = CancelMachine.step(config, state, CancelMachine.Events.connected)
+    state = CancelMachine.step(config, state, CancelMachine.Events.connected).state
+    const sent = CancelMachine.step(config, state, CancelMachine.Events.poll)
     state = sent.state
     assert.strictEqual(sent.actions[0]?._tag, "Write")
     for (

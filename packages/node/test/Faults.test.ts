@@ -294,8 +294,10 @@ describe("SSL negotiation faults", () => {
       assert.deepStrictEqual(result.statuses, [
         "ALLOCATED",
         "STARTED",
+        "MADE",
         "SSL_STARTUP",
         "STARTED",
+        "MADE",
         "AWAITING_RESPONSE",
         "OK"
       ])

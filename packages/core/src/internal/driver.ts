@@ -114,6 +114,8 @@ export class Driver {
     try {
       while (this.settle !== undefined && this.pending.length > 0) {
         this.apply(this.pending.shift()!)
+        // MADE (and direct TLS's SSL_STARTUP + WRITING) go on without I/O: libpq's next poll, at once
+        while (CancelMachine.advancesOnPoll(this.state)) this.apply(CancelMachine.Events.poll)
         if (CancelMachine.isTerminal(this.state)) this.settle?.()
       }
     } finally {
@@ -155,7 +157,11 @@ export class Driver {
 
   /** Step mode: apply the next event of the socket (waiting for it), or a `Poll` when no socket is in flight. */
   readonly poll: Effect.Effect<CancelMachine.PollingStatus> = Effect.suspend(() => {
-    if (!CancelMachine.isInFlight(this.state) || this.connection === undefined) {
+    // MADE (and direct TLS's SSL_STARTUP + WRITING) advance without I/O, as libpq finds the socket writable at once
+    if (
+      !CancelMachine.isInFlight(this.state) || this.connection === undefined ||
+      CancelMachine.advancesOnPoll(this.state)
+    ) {
       return Effect.succeed(this.apply(CancelMachine.Events.poll).state.polling)
     }
     if (this.pending.length > 0) return Effect.succeed(this.apply(this.pending.shift()!).state.polling)
