@@ -29,6 +29,7 @@ import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Tls from "node:tls"
+import * as TlsErrors from "./internal/tlsErrors.ts"
 
 // strerror texts for the codes Node reports, so messages read like libpq's
 const strerror: Record<string, string> = {
@@ -257,27 +258,7 @@ const checkHostName = (host: string, cert: Tls.PeerCertificate): Error | undefin
     : `server certificate for "${first}" (and ${others} other name${
       others === 1 ? "" : "s"
     }) does not match host name "${host}"`
-  return Object.assign(new Error(message), { code: HOST_MISMATCH })
-}
-
-const HOST_MISMATCH = "PQCANCEL_HOST_MISMATCH"
-
-const tlsErrorText = (error: NodeJS.ErrnoException): string => {
-  const code = error.code ?? ""
-  if (
-    code === "UNABLE_TO_VERIFY_LEAF_SIGNATURE" || code === "SELF_SIGNED_CERT_IN_CHAIN" ||
-    code === "DEPTH_ZERO_SELF_SIGNED_CERT" || code === "UNABLE_TO_GET_ISSUER_CERT_LOCALLY" ||
-    code === "CERT_HAS_EXPIRED" || code === "CERT_REVOKED" || code === "CERT_UNTRUSTED" ||
-    code === "UNABLE_TO_GET_ISSUER_CERT"
-  ) {
-    return "SSL error: certificate verify failed"
-  }
-  // libpq reports a host name mismatch without the "SSL error: " prefix
-  if (code === HOST_MISMATCH || code === "ERR_TLS_CERT_ALTNAME_INVALID") return error.message
-  if (code === "ECONNRESET" || code === "EPIPE") return "SSL SYSCALL error: EOF detected"
-  // OpenSSL's reason, e.g. "wrong version number", as libpq prints it
-  const reason = (error as { readonly reason?: unknown }).reason
-  return `SSL error: ${typeof reason === "string" && reason !== "" ? reason : error.message.trim()}`
+  return Object.assign(new Error(message), { code: TlsErrors.HOST_MISMATCH })
 }
 
 const tlsOptions = (
@@ -393,13 +374,21 @@ class NodeConnection implements TransportNs.Connection {
     // the server hung up during the handshake: libpq's "SSL SYSCALL error: EOF detected"
     secure.on(
       "end",
-      () => this.secured ? this.onEnd() : emit({ _tag: "TlsFailed", message: "SSL SYSCALL error: EOF detected" })
+      () => this.secured ? this.onEnd() : emit({ _tag: "TlsFailed", message: TlsErrors.EOF_DETECTED })
     )
     secure.on("error", (error: NodeJS.ErrnoException) => {
       emit(
         this.secured
           ? { _tag: "IoError", code: error.code, message: errorText(error) }
-          : { _tag: "TlsFailed", message: tlsErrorText(error) }
+          : {
+            _tag: "TlsFailed",
+            // libpq's texts (internal/tlsErrors.ts); Node sets authorizationError when verification failed
+            message: TlsErrors.handshakeFailureText(error, {
+              verificationFailed: typeof (secure as { authorizationError?: unknown }).authorizationError === "string",
+              minVersion: this.request.options.sslMinProtocolVersion,
+              maxVersion: this.request.options.sslMaxProtocolVersion
+            })
+          }
       )
     })
   }

@@ -346,8 +346,52 @@ describe("SSL negotiation faults", () => {
       })
       const error = yield* cancelError(yield* session(fake.port, "sslmode=require"))
       assert.strictEqual(error._tag, "CancelFailed")
-      assert.strictEqual(error.message, `${prefix(fake.port)}SSL error: wrong version number`)
+      // libpq adds its protocol-version hint to this OpenSSL reason, with the default bounds
+      assert.strictEqual(
+        error.message,
+        `${prefix(fake.port)}SSL error: wrong version number\n` +
+          "This may indicate that the server does not support any SSL protocol version between TLSv1.2 and TLSv1.3."
+      )
       assertKeyNeverSent(yield* fake.awaitFinished(0))
+      // with configured bounds, the hint names them
+      const bounded = yield* FakePostmaster.make({
+        script: [{ expect: "sslRequest" }, { reply: "S" }, { tlsFail: "garbage" }]
+      })
+      const boundedError = yield* cancelError(
+        yield* session(bounded.port, "sslmode=require ssl_min_protocol_version=TLSv1.3")
+      )
+      assert.isTrue(
+        boundedError.message.endsWith("between TLSv1.3 and TLSv1.3."),
+        boundedError.message
+      )
+    }))
+
+  it.live("8e. an impostor with another CA's certificate under verify-full: libpq's 'certificate verify failed'", () =>
+    Effect.gen(function*() {
+      for (const negotiation of ["postgres", "direct"] as const) {
+        const fake = yield* FakePostmaster.make({
+          script: negotiation === "direct"
+            ? [{ expect: "directTls" }, { tlsUpgrade: FakePostmaster.serverTls({ impostor: true }) }, "awaitEof"]
+            : [
+              { expect: "sslRequest" },
+              { reply: "S" },
+              { tlsUpgrade: FakePostmaster.serverTls({ impostor: true }) },
+              "awaitEof"
+            ]
+        })
+        const error = yield* cancelError(
+          yield* session(
+            fake.port,
+            `host=localhost sslmode=verify-full sslnegotiation=${negotiation} sslrootcert=${CA}`
+          )
+        )
+        assert.strictEqual(error._tag, "CancelFailed")
+        assert.strictEqual(
+          error.message,
+          `connection to server at "localhost" (127.0.0.1), port ${fake.port} failed: SSL error: certificate verify failed`
+        )
+        assertKeyNeverSent(yield* fake.awaitFinished(0))
+      }
     }))
 })
 

@@ -227,11 +227,14 @@ export const backendKeyData = (pid: number, key: Uint8Array): Uint8Array =>
 export const serverTls = (options?: {
   readonly alpn?: boolean | undefined
   readonly requireAlpn?: boolean | undefined
+  /** present the certificate of another CA (`wrong-ca.crt`): an impostor the client must reject */
+  readonly impostor?: boolean | undefined
 }): ServerTls => {
   const fixtures = new URL("../fixtures/", import.meta.url)
+  const name = options?.impostor === true ? "wrong-ca" : "server"
   return {
-    cert: Fs.readFileSync(Url.fileURLToPath(new URL("server.crt", fixtures)), "utf8"),
-    key: Fs.readFileSync(Url.fileURLToPath(new URL("server.key", fixtures)), "utf8"),
+    cert: Fs.readFileSync(Url.fileURLToPath(new URL(`${name}.crt`, fixtures)), "utf8"),
+    key: Fs.readFileSync(Url.fileURLToPath(new URL(`${name}.key`, fixtures)), "utf8"),
     alpn: options?.alpn,
     requireAlpn: options?.requireAlpn
   }
