@@ -33,11 +33,12 @@ import * as Effect from "effect/Effect"
 import * as Queue from "effect/Queue"
 import * as References from "effect/References"
 import * as Result from "effect/Result"
+import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
 import * as Stream from "effect/Stream"
 import * as Tracer from "effect/Tracer"
-import { CancelCreateError, CancelFailed, CancelTimeout } from "./CancelError.ts"
+import { CancelCreateError, CancelFailed, CancelTimeout, isTransient } from "./CancelError.ts"
 import type { CancelKey } from "./CancelKey.ts"
 import * as CancelMachine from "./CancelMachine.ts"
 import type { ConnectionOptions, HostEntry } from "./ConnectionOptions.ts"
@@ -76,6 +77,22 @@ export interface Transition {
 }
 
 /**
+ * Options of `blocking` and {@link cancel}.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface BlockingOptions {
+  /** bound on each attempt (default: the session's connect_timeout, else none) */
+  readonly timeout?: Duration.Input | undefined
+  /**
+   * whether and when to `reset` and send the cancel again after a transient failure (connection refused, reset,
+   * timeout — never after a TLS/certificate failure or anything that would fail again); default: one attempt
+   */
+  readonly retry?: Schedule.Schedule<unknown, CancelFailed | CancelTimeout> | undefined
+}
+
+/**
  * A cancel connection (`PGcancelConn`).
  *
  * @category models
@@ -94,11 +111,11 @@ export interface CancelConnection {
   readonly poll: Effect.Effect<CancelMachine.PollingStatus>
   /**
    * `PQcancelBlocking`: start and poll to the end, bounded by `timeout` or else the session's `connect_timeout`
-   * (libpq's `timeout expired`).
+   * (libpq's `timeout expired`). With `retry`, a transient failure (`CancelError.isTransient`: refused, reset,
+   * timeout — never a TLS or certificate failure) is followed by `reset` and a new attempt when and while the
+   * schedule says so; without it, one attempt as libpq.
    */
-  readonly blocking: (
-    options?: { readonly timeout?: Duration.Input | undefined }
-  ) => Effect.Effect<void, CancelFailed | CancelTimeout>
+  readonly blocking: (options?: BlockingOptions) => Effect.Effect<void, CancelFailed | CancelTimeout>
   /** `PQcancelStatus` */
   readonly status: Effect.Effect<CancelMachine.Status>
   /** `PQcancelSocket`: the current socket descriptor, -1 when none; it may change between polls */
@@ -168,7 +185,18 @@ const deadlineMillis = (session: SessionInfo, timeout: Duration.Input | undefine
   return seconds === undefined ? undefined : seconds * 1000
 }
 
-const failure = (driver: Driver) => new CancelFailed({ message: stripNewline(driver.state.error) })
+const failure = (driver: Driver) =>
+  new CancelFailed({ message: stripNewline(driver.state.error), transient: driver.transient })
+
+// attempts of a cancel: one (libpq), or as many as `retry` allows after transient failures; `attempt(n)` is the n-th
+const retrying = (
+  retry: Schedule.Schedule<unknown, CancelFailed | CancelTimeout> | undefined,
+  attempt: (n: number) => Effect.Effect<void, CancelFailed | CancelTimeout>
+): Effect.Effect<void, CancelFailed | CancelTimeout> => {
+  if (retry === undefined) return attempt(0)
+  let n = 0
+  return Effect.suspend(() => attempt(n++)).pipe(Effect.retry({ schedule: retry, while: isTransient }))
+}
 
 // the outcome of a run: OK, timeout expired, or libpq's message
 const outcome = (driver: Driver): Effect.Effect<void, CancelFailed | CancelTimeout> =>
@@ -254,12 +282,17 @@ const makeWith = Effect.fnUntraced(function*(session: SessionInfo, flavour: Flav
     driver === undefined ? Effect.succeed("FAILED" as const) : driver.poll
   )
 
-  const blocking = (options?: { readonly timeout?: Duration.Input | undefined }) =>
-    locked(Effect.suspend(() =>
-      driver === undefined
-        ? badState()
-        : blockingRun(driver, deadlineMillis(session, options?.timeout), "detach")
-    ))
+  const blocking = (options?: BlockingOptions) =>
+    locked(retrying(options?.retry, (n) =>
+      Effect.suspend(() => {
+        if (driver === undefined) return badState()
+        // every attempt after the first starts from PQcancelReset: a new socket, the same key
+        if (n > 0) {
+          driver.apply(CancelMachine.Events.reset)
+          driver.close()
+        }
+        return blockingRun(driver, deadlineMillis(session, options?.timeout), "detach")
+      })))
 
   const reset = Effect.sync(() => {
     if (driver === undefined) return
@@ -328,14 +361,15 @@ export const makeLegacy = (
 
 /**
  * Cancel what a session is running, in one call: create, `blocking`, finish. Succeeds once the server has closed
- * the cancel connection (the request was dispatched; it may have found nothing to cancel).
+ * the cancel connection (the request was dispatched; it may have found nothing to cancel). `retry` (a `Schedule`)
+ * sends it again after transient failures; the default is libpq's single attempt.
  *
  * @category combinators
  * @since 0.1.0
  */
 export const cancel = (
   session: SessionInfo,
-  options?: { readonly timeout?: Duration.Input | undefined }
+  options?: BlockingOptions
 ): Effect.Effect<void, CancelCreateError | CancelFailed | CancelTimeout, Transport> => {
   const invalid = validateSession(session)
   if (invalid !== undefined) return traced(session, Effect.fail(new CancelCreateError({ message: invalid })))
@@ -349,9 +383,14 @@ export const cancel = (
             // one machine, one socket, no Scope: the run closes the socket when it ends or is interrupted
             const config = machineConfig(session, session.key!, false, gss)
             const driver = new Driver(transport, session.options, config, CancelMachine.initial, undefined)
-            return blockingRun(driver, deadlineMillis(session, options?.timeout), "close").pipe(
-              Effect.ensuring(Effect.sync(() => driver.close()))
-            )
+            return retrying(options?.retry, (n) =>
+              Effect.suspend(() => {
+                if (n > 0) {
+                  driver.apply(CancelMachine.Events.reset)
+                  driver.close()
+                }
+                return blockingRun(driver, deadlineMillis(session, options?.timeout), "close")
+              })).pipe(Effect.ensuring(Effect.sync(() => driver.close())))
           }))
     )
   )

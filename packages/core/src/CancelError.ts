@@ -56,7 +56,14 @@ export class CancelCreateError extends Schema.TaggedError<CancelCreateError>()("
  * @since 0.1.0
  */
 export class CancelFailed extends Schema.TaggedError<CancelFailed>()("CancelFailed", {
-  message: Schema.String
+  message: Schema.String,
+  /**
+   * true when sending the cancel again may succeed: the connection was refused, reset or closed early, or timed
+   * out (the server restarting, a full listen queue, a pooler overloaded). Absent or false when it would fail the
+   * same way again: TLS or certificate verification, encryption the server does not offer, a protocol error,
+   * invalid options, no key.
+   */
+  transient: Schema.optional(Schema.Boolean)
 }) {}
 
 /**
@@ -68,6 +75,16 @@ export class CancelFailed extends Schema.TaggedError<CancelFailed>()("CancelFail
 export class CancelTimeout extends Schema.TaggedError<CancelTimeout>()("CancelTimeout", {
   message: Schema.String
 }) {}
+
+/**
+ * Whether sending the cancel again may succeed: a timeout, or a {@link CancelFailed} marked `transient`. This is
+ * what the `retry` schedules of `CancelConnection.cancel`, `blocking` and `cancelOnInterrupt` are applied to.
+ *
+ * @category guards
+ * @since 0.1.0
+ */
+export const isTransient = (error: { readonly _tag: string; readonly transient?: boolean | undefined }): boolean =>
+  error._tag === "CancelTimeout" || (error._tag === "CancelFailed" && error.transient === true)
 
 /**
  * Any pqcancel error.

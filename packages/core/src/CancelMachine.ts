@@ -118,6 +118,8 @@ export type Event =
     readonly message: string
     /** the errno value, e.g. 111 (the legacy `PQcancel` prints only this: it cannot call strerror) */
     readonly errno?: number | undefined
+    /** the errno name, e.g. `ECONNREFUSED` (tells a transient failure from one that would happen again) */
+    readonly code?: string | undefined
   }
   | { readonly _tag: "Data"; readonly bytes: Uint8Array }
   /** the transport refused the connected peer (libpq's `requirepeer` checks on unix sockets) */

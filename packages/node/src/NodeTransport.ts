@@ -326,7 +326,8 @@ class NodeConnection implements TransportNs.Connection {
         : {
           _tag: "ConnectFailed",
           message: errorText(error),
-          errno: typeof error.errno === "number" ? Math.abs(error.errno) : undefined
+          errno: typeof error.errno === "number" ? Math.abs(error.errno) : undefined,
+          code: error.code
         }
     )
   }

@@ -1,9 +1,34 @@
 /**
  * node-postgres (`pg`) adapter: read a connected `pg.Client`'s cancel key and actual remote address into a
  * {@link CancelConnection.SessionInfo}, and run queries that are cancelled on the server when the fiber is
- * interrupted — over the session's encryption, never hitting the next query.
+ * interrupted — over the session's encryption, never hitting another query.
  *
- * `pg` speaks protocol 3.0 only (4-byte keys) and does not expose direct TLS; the cancel itself follows the
+ * **A shared client is safe.** node-postgres queues the queries of one client and a CancelRequest cancels whatever
+ * the *session* runs, so cancelling a query that is still queued would cancel another fiber's query. The adapter
+ * therefore runs its queries on one client one at a time, in its own queue (a per-client semaphore):
+ *
+ * - a query interrupted while it waits in that queue never reaches the client — no cancel is sent;
+ * - the running query keeps its turn until the interruption is over: the cancel was dispatched (the server closed
+ *   the cancel connection) **and** the query ended, so the next query is never written while a cancel is in flight;
+ * - the cancel is sent only when the client's running query (node-postgres' private `activeQuery`) is the
+ *   interrupted one; a query issued on the client outside the adapter that runs instead is never cancelled (the
+ *   interrupted one, still queued behind it, is taken out of the client's queue, or waited for, bounded);
+ * - "written but not yet started": when the CancelRequest reaches the backend before it has read the query, PostgreSQL
+ *   ignores it and would run the statement to completion. The adapter sends the cancel again while the query has not
+ *   ended (every `recancelInterval`, within `drainTimeout`), so the statement is cancelled once it starts. A short
+ *   statement may complete before that: it then took effect *before* the interruption completed, and it is reported
+ *   (`onNotCanceled`, by default a warning in the log). When the query does not end in time, the client is ended.
+ *
+ * Queries issued directly with `client.query` on a client the adapter also uses are not ordered with the adapter's:
+ * they can still be written right after an interrupted adapter query ends, while its cancel is in flight. Send every
+ * query of a shared client through the adapter. Pipeline mode (`pipeline: true`) writes queries ahead: a query with
+ * others written behind it is never cancelled, it is waited for (bounded) and the client is ended if it does not end.
+ *
+ * `pg.Pool`: `pool.query` checks a client out, runs and releases it without ever showing it, so nothing can cancel
+ * its query safely; use {@link poolQuery} or {@link withPoolClient}, which release a client that may still run the
+ * query or receive a late cancel with `release(true)` (pg-pool destroys it instead of reusing it).
+ *
+ * `pg` speaks protocol 3.0 only (4-byte keys); 8.23 supports `sslnegotiation: "direct"`. The cancel follows the
  * `ConnectionOptions` you pass (parse the same conninfo you gave `pg`).
  *
  * @example
@@ -26,13 +51,19 @@
  * @since 0.1.0
  */
 import type { CancelConnection, ConnectionOptions } from "@pqcancel/core"
+import type { CancelFailed, CancelTimeout } from "@pqcancel/core/CancelError"
 import * as CancelOnInterrupt from "@pqcancel/core/CancelOnInterrupt"
 import type { Transport } from "@pqcancel/core/Transport"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import type * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
-import type * as Net from "node:net"
+import * as Semaphore from "effect/Semaphore"
+import * as Net from "node:net"
 import pg from "pg"
 
 /**
@@ -56,6 +87,14 @@ export class PgNotConnected extends Schema.TaggedError<PgNotConnected>()("PgNotC
   message: Schema.String
 }) {}
 
+const toQueryError = (error: unknown): PgQueryError =>
+  new PgQueryError({
+    message: error instanceof Error ? error.message : String(error),
+    code: typeof error === "object" && error !== null && "code" in error && typeof error.code === "string"
+      ? error.code
+      : undefined
+  })
+
 /**
  * A connected `pg.Client` owned by the current Scope (ended when the Scope closes).
  *
@@ -69,21 +108,36 @@ export const connect = (config: pg.ClientConfig): Effect.Effect<pg.Client, PgQue
         const client = new pg.Client(config)
         return client.connect().then(() => client)
       },
-      catch: (error) =>
-        new PgQueryError({
-          message: error instanceof Error ? error.message : String(error),
-          code: (error as { readonly code?: string }).code
-        })
+      catch: toQueryError
     }),
     (client) => Effect.promise(() => client.end().catch(() => undefined))
   )
 
-interface PgInternals {
-  readonly processID: number | null | undefined
-  readonly secretKey: number | null | undefined
-  readonly host: string
-  readonly port: number
-  readonly connection: { readonly stream: Net.Socket | undefined } | undefined
+/**
+ * node-postgres' private state, read in this one place: the cancel key (`processID`, `secretKey`), the running
+ * query and the queues (`_activeQuery`, `_queryQueue`, `_sentQueryQueue` in pg ≥ 8.16; `activeQuery`, `queryQueue`
+ * before).
+ */
+interface PgPrivate {
+  readonly processID?: number | null
+  readonly secretKey?: number | null
+  readonly _activeQuery?: unknown
+  readonly activeQuery?: unknown
+  readonly _queryQueue?: Array<unknown>
+  readonly queryQueue?: Array<unknown>
+  readonly _sentQueryQueue?: Array<unknown>
+}
+
+const privateState = (client: pg.Client) => {
+  const p = client as unknown as PgPrivate
+  const underscored = "_activeQuery" in p // pg ≥ 8.16 warns on the old names
+  return {
+    processID: p.processID,
+    secretKey: p.secretKey,
+    activeQuery: underscored ? p._activeQuery : p.activeQuery,
+    queue: (underscored ? p._queryQueue : p.queryQueue) ?? [],
+    sent: p._sentQueryQueue ?? []
+  }
 }
 
 /**
@@ -97,19 +151,19 @@ export const sessionInfo = (
   options: ConnectionOptions.ConnectionOptions
 ): Effect.Effect<CancelConnection.SessionInfo, PgNotConnected> =>
   Effect.suspend((): Effect.Effect<CancelConnection.SessionInfo, PgNotConnected> => {
-    const internals = client as unknown as PgInternals
-    const stream = internals.connection?.stream
-    if (internals.processID == null || internals.secretKey == null || stream === undefined || stream.destroyed) {
+    const { processID, secretKey } = privateState(client)
+    const stream = client.connection.stream
+    if (processID == null || secretKey == null || !(stream instanceof Net.Socket) || stream.destroyed) {
       return Effect.fail(new PgNotConnected({ message: "connection not open" }))
     }
     const secret = new Uint8Array(4)
-    new DataView(secret.buffer).setInt32(0, internals.secretKey)
-    const key = { pid: internals.processID, secret: Redacted.make(secret), protocolVersion: "3.0" as const }
-    if (internals.host.startsWith("/")) {
+    new DataView(secret.buffer).setInt32(0, secretKey)
+    const key = { pid: processID, secret: Redacted.make(secret), protocolVersion: "3.0" as const }
+    if (client.host.startsWith("/")) {
       return Effect.succeed({
         options,
-        host: { _tag: "Unix", directory: internals.host, port: internals.port },
-        address: { _tag: "Unix", path: `${internals.host}/.s.PGSQL.${internals.port}` },
+        host: { _tag: "Unix", directory: client.host, port: client.port },
+        address: { _tag: "Unix", path: `${client.host}/.s.PGSQL.${client.port}` },
         key
       })
     }
@@ -119,15 +173,82 @@ export const sessionInfo = (
     }
     return Effect.succeed({
       options,
-      host: { _tag: "Tcp", host: internals.host, hostaddr: undefined, port: internals.port },
+      host: { _tag: "Tcp", host: client.host, hostaddr: undefined, port: client.port },
       address: { _tag: "Tcp", address, port: stream.remotePort, family: stream.remoteFamily === "IPv6" ? 6 : 4 },
       key
     })
   })
 
 /**
+ * How {@link query} cancels: the bounds and retries of `cancelOnInterrupt`, and the pooler option.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface QueryOptions {
+  /** bound on sending one cancel, retries included (default: connect_timeout, else 5 s) */
+  readonly cancelTimeout?: Duration.Input | undefined
+  /** bound on waiting for the interrupted query to end (default 5 s); the client is ended when it does not */
+  readonly drainTimeout?: Duration.Input | undefined
+  /** when to send a cancel again after a transient failure (default: exponential from 20 ms, within the bound) */
+  readonly retry?: Schedule.Schedule<unknown, CancelFailed | CancelTimeout> | undefined
+  /** while the cancelled query still runs, send the cancel again after this long (default 500 ms) */
+  readonly recancelInterval?: Duration.Input | undefined
+  /**
+   * end the client unless the interrupted query ended with SQLSTATE 57014: set it when the client talks to
+   * PostgreSQL through a pooler or proxy (PgBouncer, pgcat, RDS Proxy…) that closes the cancel connection before it
+   * forwards the request, so a late cancel could hit the next query
+   */
+  readonly retireUnlessCanceled?: boolean | undefined
+  /** a cancel was sent but the query completed (or failed by itself) first; default: a warning in the log */
+  readonly onNotCanceled?: ((exit: Exit.Exit<unknown, unknown>) => Effect.Effect<void>) | undefined
+}
+
+// one queue per client: the adapter's queries on a client run one at a time
+const locks = new WeakMap<pg.Client, Semaphore.Semaphore>()
+const lockOf = (client: pg.Client): Semaphore.Semaphore => {
+  let lock = locks.get(client)
+  if (lock === undefined) {
+    lock = Semaphore.makeUnsafe(1)
+    locks.set(client, lock)
+  }
+  return lock
+}
+
+// clients the adapter ended because they might still run a query or receive a late cancel
+const retired = new WeakSet<pg.Client>()
+
+const retire = (client: pg.Client): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    retired.add(client)
+    return Effect.promise(() => client.end().catch(() => undefined))
+  })
+
+/**
+ * Whether the adapter ended this client because it was unsafe (a query that did not end, a cancel that was not
+ * confirmed, or — with `retireUnlessCanceled` — a query that did not end cancelled).
+ *
+ * @category guards
+ * @since 0.1.0
+ */
+export const isRetired = (client: pg.Client): boolean => retired.has(client)
+
+/**
+ * Whether an outcome is node-postgres' SQLSTATE 57014 (`canceling statement due to user request`).
+ *
+ * @category guards
+ * @since 0.1.0
+ */
+export const isCanceled = (exit: Exit.Exit<unknown, unknown>): boolean => {
+  if (Exit.isSuccess(exit)) return false
+  const error = Option.getOrUndefined(Exit.findErrorOption(exit))
+  return Schema.is(PgQueryError)(error) && error.code === "57014"
+}
+
+/**
  * Runs a query; if the fiber is interrupted, cancels it on the server and waits for it to end before the
- * interruption completes. If that cannot be confirmed, the client is ended so it is never reused.
+ * interruption completes. If that cannot be confirmed, the client is ended so it is never reused. Safe on a client
+ * shared by many fibers: see the module documentation.
  *
  * @category combinators
  * @since 0.1.0
@@ -136,20 +257,42 @@ export const query = <R extends pg.QueryResultRow = pg.QueryResultRow>(
   client: pg.Client,
   options: ConnectionOptions.ConnectionOptions,
   text: string,
-  values?: ReadonlyArray<unknown>
+  values?: ReadonlyArray<unknown>,
+  queryOptions?: QueryOptions
 ): Effect.Effect<pg.QueryResult<R>, PgQueryError | PgNotConnected, Transport> =>
-  Effect.flatMap(sessionInfo(client, options), (session) =>
-    CancelOnInterrupt.cancelOnInterrupt(
-      Effect.tryPromise({
-        try: () => client.query<R>(text, values === undefined ? undefined : [...values]),
-        catch: (error) =>
-          new PgQueryError({
-            message: error instanceof Error ? error.message : String(error),
-            code: (error as { readonly code?: string }).code
-          })
-      }),
-      {
-        session,
-        onUnsafe: () => Effect.promise(() => client.end().catch(() => undefined))
+  lockOf(client).withPermits(1)(
+    Effect.flatMap(sessionInfo(client, options), (session) => {
+      // the query object is created when the query fiber runs; `locate` may withdraw it before
+      let submitted: pg.Submittable | undefined
+      let withdrawn = false
+      const run = Effect.callback<pg.QueryResult<R>, PgQueryError>((resume) => {
+        if (withdrawn) return
+        submitted = new pg.Query<R>(text, values === undefined ? undefined : [...values], (error, result) => {
+          resume(error === undefined || error === null ? Effect.succeed(result) : Effect.fail(toQueryError(error)))
+        })
+        client.query(submitted)
+      })
+      const locate = (): CancelOnInterrupt.Location => {
+        if (submitted === undefined) {
+          withdrawn = true
+          return "withdrawn"
+        }
+        const state = privateState(client)
+        if (state.activeQuery === submitted) return state.sent.length === 0 ? "running" : "elsewhere"
+        const index = state.queue.indexOf(submitted)
+        if (index !== -1) {
+          // still in node-postgres' queue (behind a query issued outside the adapter): it will never be written
+          state.queue.splice(index, 1)
+          return "withdrawn"
+        }
+        return "elsewhere"
       }
-    ))
+      return CancelOnInterrupt.cancelOnInterrupt(run, {
+        session,
+        locate,
+        isCanceled,
+        onUnsafe: () => retire(client),
+        ...queryOptions
+      })
+    })
+  )

@@ -22,6 +22,39 @@ declare const clearTimeout: (handle: unknown) => void
 /** setTimeout's largest delay; a longer deadline is no deadline */
 const MAX_TIMER_MS = 2_147_483_647
 
+// failures a new attempt may not meet: refused, reset, unreachable, closed before the response
+const transientCodes = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ECONNABORTED",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EAGAIN",
+  "EADDRNOTAVAIL",
+  "ENOENT"
+])
+
+/**
+ * Whether a failure caused by `event` may not happen again: refused, reset, closed early, timed out. TLS and
+ * certificate failures, encryption the server refuses, protocol errors and option errors would happen again.
+ *
+ * @internal
+ */
+export const isTransientFailure = (event: CancelMachine.Event): boolean => {
+  switch (event._tag) {
+    case "ConnectFailed":
+    case "IoError":
+      return event.code !== undefined && transientCodes.has(event.code)
+    case "Eof":
+    case "Deadline":
+      return true
+    default:
+      return false
+  }
+}
+
 /** @internal */
 export class Driver {
   state: CancelMachine.State
@@ -33,6 +66,8 @@ export class Driver {
   private applying = false
   /** the last `run` ended by its deadline */
   timedOut = false
+  /** the event that made the machine BAD means a new attempt may succeed (see {@link isTransientFailure}) */
+  transient = false
   /** run mode: called once the machine is `OK` or `BAD` */
   private settle: (() => void) | undefined = undefined
   /** step mode: wakes the poll waiting for the next event */
@@ -62,6 +97,8 @@ export class Driver {
   apply(event: CancelMachine.Event): CancelMachine.Step {
     const before = this.state.status
     const next = CancelMachine.step(this.config, this.state, event)
+    if (next.state.status === "BAD" && before !== "BAD") this.transient = isTransientFailure(event)
+    else if (event._tag === "Reset") this.transient = false
     this.state = next.state
     if (this.onStatus !== undefined && next.state.status !== before) this.onStatus(before)
     const actions = next.actions
