@@ -1,0 +1,599 @@
+/**
+ * `@effect/sql-pg` adapter: the `PgClient` / `SqlClient` you already use, in which interrupting a fiber cancels its
+ * statement on the server through pqcancel — over the session's own encryption, to the address the session is
+ * connected to, with a bounded wait — and a pooled connection whose cancel or drain cannot be confirmed is taken out
+ * of the pool instead of being handed to the next fiber.
+ *
+ * Every statement runs under {@link CancelOnInterrupt.cancelOnInterrupt}: `execute` and the other single statements,
+ * streams (`sql.stream`, cancelled when the consumer stops early), every statement inside `withTransaction`, and
+ * statements on `reserve`d connections. sql-pg's own side-connection cancel stays unused on this path: the statement
+ * is never interrupted inside sql-pg, it ends on the server with SQLSTATE 57014 first.
+ *
+ * sql-pg does not export a connection's backend key, socket or encryption; {@link readSession} is the one function
+ * that reads them (tested with {@link testedVersions}) and fails with {@link SqlPgInternalsChanged} — never a wrong
+ * key or address — when they are not where and what it expects. `docs/upstream-sql-pg.md` proposes the public API
+ * that would remove it.
+ *
+ * @example
+ * ```ts
+ * import * as Effect from "effect/Effect"
+ * import * as Layer from "effect/Layer"
+ * import * as Redacted from "effect/Redacted"
+ * import * as SqlClient from "effect/sql/SqlClient"
+ * import { NodeTransport } from "@pqcancel/node"
+ * import * as SqlPgAdapter from "@pqcancel/node/SqlPgAdapter"
+ *
+ * const SqlLive = SqlPgAdapter.layer({
+ *   url: Redacted.make("postgres://app@db.internal:5432/app?sslmode=verify-full"),
+ *   maxConnections: 10
+ * }).pipe(Layer.provide(NodeTransport.layer))
+ *
+ * const program = Effect.gen(function*() {
+ *   const sql = yield* SqlClient.SqlClient
+ *   // the timeout interrupts ⇒ a CancelRequest over TLS ⇒ the backend stops ⇒ the connection goes back to the pool
+ *   return yield* sql`SELECT pg_sleep(60)`.pipe(Effect.timeout("1 second"))
+ * }).pipe(Effect.provide(SqlLive))
+ * ```
+ *
+ * @since 0.1.0
+ */
+import * as PgClient from "@effect/sql-pg/PgClient"
+import type * as PgConnection from "@effect/sql-pg/PgConnection"
+import * as PgPool from "@effect/sql-pg/PgPool"
+import type { CancelConnection } from "@pqcancel/core"
+import { InvalidOption } from "@pqcancel/core/CancelError"
+import * as CancelOnInterrupt from "@pqcancel/core/CancelOnInterrupt"
+import * as ConnectionOptions from "@pqcancel/core/ConnectionOptions"
+import { Transport } from "@pqcancel/core/Transport"
+import * as Cause from "effect/Cause"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import type * as Layer from "effect/Layer"
+import type * as Reactivity from "effect/reactivity/Reactivity"
+import * as Redacted from "effect/Redacted"
+import * as Result from "effect/Result"
+import * as Schema from "effect/Schema"
+import * as Scope from "effect/Scope"
+import * as Semaphore from "effect/Semaphore"
+import * as SqlClient from "effect/sql/SqlClient"
+import type * as SqlConnection from "effect/sql/SqlConnection"
+import { SqlError, UnknownError } from "effect/sql/SqlError"
+import * as Statement from "effect/sql/Statement"
+import * as Stream from "effect/Stream"
+import * as Net from "node:net"
+import * as Tls from "node:tls"
+
+/**
+ * The `@effect/sql-pg` versions whose private connection state {@link readSession} was written against and tested
+ * with (also the package's peer dependency range).
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const testedVersions = "~4.0.5"
+
+/**
+ * sql-pg's private connection state is not where or what this adapter expects (a changed `@effect/sql-pg`): the
+ * cancel key or address cannot be read safely, so the statement is not run.
+ *
+ * @category errors
+ * @since 0.1.0
+ */
+export class SqlPgInternalsChanged extends Schema.TaggedError<SqlPgInternalsChanged>()("SqlPgInternalsChanged", {
+  message: Schema.String
+}) {}
+
+/**
+ * What the private read found on a live connection. The socket is kept only to retire the session (destroy it) when
+ * a cancel cannot be confirmed.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface SqlPgSession {
+  readonly pid: number
+  readonly secret: Redacted.Redacted<Uint8Array>
+  readonly encrypted: boolean
+  /** the remote address of a TCP session; undefined on a unix socket (sql-pg was given a socket path) */
+  readonly remote: { readonly address: string; readonly port: number; readonly family: 4 | 6 } | undefined
+  readonly socket: Net.Socket
+}
+
+const internalsKey = "~@effect/sql-pg/PgConnection/internals"
+
+const changed = (what: string) =>
+  Result.fail(
+    new SqlPgInternalsChanged({
+      message: `@effect/sql-pg internals changed (pqcancel reads them as of @effect/sql-pg ${testedVersions}): ${what}`
+    })
+  )
+
+const isInt32 = (n: unknown): n is number =>
+  Number.isInteger(n) && (n as number) >= -0x80000000 && (n as number) <= 0x7fffffff
+
+/**
+ * THE private read. sql-pg 4.0.x keeps, per physical connection:
+ * - `connection["~@effect/sql-pg/PgConnection/internals"].base`: the unpinned connection (a pinned view from
+ *   `pin`/`reserve` points to it; the pool uses the same field as the item's identity);
+ * - `base.session`: `{ socket, encrypted, processId, secretKey }`, built by `connect()` from BackendKeyData (3.0 keys:
+ *   `secretKey` is the signed int32 sql-pg decodes) and the socket it finished the startup on (the `TLSSocket` after
+ *   an SSLRequest upgrade, `encrypted` true only then).
+ * Each field is checked for its type and cross-checked against public facts (`processId` is public; `encrypted` must
+ * agree with the socket being a `TLSSocket`); anything else fails with {@link SqlPgInternalsChanged}.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const readSession = (
+  connection: PgConnection.PgConnection
+): Result.Result<SqlPgSession, SqlPgInternalsChanged> => {
+  const internals = (connection as unknown as Record<string, unknown>)[internalsKey] as { base?: unknown } | undefined
+  if (typeof internals !== "object" || internals === null) return changed(`no "${internalsKey}" on the connection`)
+  const base = internals.base as { session?: unknown } | undefined
+  if (typeof base !== "object" || base === null) return changed("the connection internals have no base connection")
+  const session = base.session as Record<string, unknown> | undefined
+  if (typeof session !== "object" || session === null) return changed("the base connection has no session")
+  const { encrypted, processId, secretKey, socket } = session
+  if (!isInt32(processId) || processId <= 0) return changed("session.processId is not a backend pid")
+  if (processId !== connection.processId) {
+    return changed(`session.processId ${processId} is not the connection's processId ${connection.processId}`)
+  }
+  if (!isInt32(secretKey)) return changed("session.secretKey is not a 32-bit protocol 3.0 cancel key")
+  if (typeof encrypted !== "boolean") return changed("session.encrypted is not a boolean")
+  if (!(socket instanceof Net.Socket)) return changed("session.socket is not a net.Socket (a custom stream?)")
+  if (encrypted !== (socket instanceof Tls.TLSSocket)) {
+    return changed(`session.encrypted is ${encrypted} but the socket is ${encrypted ? "not " : ""}a TLS socket`)
+  }
+  const secret = new Uint8Array(4)
+  new DataView(secret.buffer).setInt32(0, secretKey)
+  const address = socket.remoteAddress
+  const port = socket.remotePort
+  return Result.succeed({
+    pid: processId,
+    secret: Redacted.make(secret, { label: "CancelKey.secret" }),
+    encrypted,
+    remote: address !== undefined && port !== undefined
+      ? { address, port, family: socket.remoteFamily === "IPv6" ? 6 : 4 }
+      : undefined,
+    socket
+  })
+}
+
+/**
+ * Where and how the cancel of a sql-pg session goes, derived from the same config the `PgClient` was given
+ * ({@link cancelOptions}): the host entry (the name TLS verifies and sends as SNI) and the options to use for an
+ * encrypted and for a plaintext session (`undefined` when the config does not allow such a session).
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface CancelOptions {
+  readonly host: ConnectionOptions.HostEntry
+  /** the unix socket path, when the session is on one */
+  readonly path: string | undefined
+  readonly tls: ConnectionOptions.ConnectionOptions | undefined
+  readonly plaintext: ConnectionOptions.ConnectionOptions | undefined
+}
+
+/**
+ * The {@link CancelConnection.SessionInfo} of a live sql-pg connection: its backend key and actual remote address
+ * ({@link readSession}), with the options matching its encryption. Fails with {@link SqlPgInternalsChanged} when the
+ * private read fails or the session contradicts the config (e.g. plaintext although the config requires TLS).
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const sessionInfo = (
+  connection: PgConnection.PgConnection,
+  options: CancelOptions
+): Effect.Effect<CancelConnection.SessionInfo, SqlPgInternalsChanged> =>
+  Effect.suspend(() => Effect.fromResult(sessionInfoResult(connection, options)))
+
+const sessionInfoResult = (
+  connection: PgConnection.PgConnection,
+  options: CancelOptions
+): Result.Result<CancelConnection.SessionInfo & { readonly socket: Net.Socket }, SqlPgInternalsChanged> => {
+  const read = readSession(connection)
+  if (Result.isFailure(read)) return Result.fail(read.failure)
+  const session = read.success
+  const cancelOptions = session.encrypted ? options.tls : options.plaintext
+  if (cancelOptions === undefined) {
+    return changed(`the session is ${session.encrypted ? "encrypted" : "plaintext"}, which its config does not allow`)
+  }
+  const key = { pid: session.pid, secret: session.secret, protocolVersion: "3.0" as const }
+  const open = !session.socket.destroyed
+  if (options.path !== undefined) {
+    if (session.remote !== undefined) return changed("the config names a unix socket but the session is on TCP")
+    return Result.succeed({
+      options: cancelOptions,
+      host: options.host,
+      address: { _tag: "Unix", path: options.path },
+      key,
+      open,
+      socket: session.socket
+    })
+  }
+  if (session.remote === undefined) {
+    if (open) return changed("a TCP session's socket has no remote address")
+    // a closed socket has no remote address any more; the cancel then fails with libpq's "connection not open"
+    return Result.succeed({
+      options: cancelOptions,
+      host: options.host,
+      address: { _tag: "Tcp", address: "0.0.0.0", port: 0, family: 4 },
+      key,
+      open,
+      socket: session.socket
+    })
+  }
+  return Result.succeed({
+    options: cancelOptions,
+    host: options.host,
+    address: { _tag: "Tcp", ...session.remote },
+    key,
+    open,
+    socket: session.socket
+  })
+}
+
+/**
+ * libpq keywords that refine the cancel's options derived from the `PgClient` config, e.g. TLS files
+ * (`sslrootcert`, `sslcert`, `sslkey`) when the config holds the material in memory, or `connect_timeout`. An
+ * `sslmode` weaker than what the config requires is refused.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export type CancelParams = Readonly<Record<string, string | undefined>>
+
+const sslRank: Record<ConnectionOptions.SslMode, number> = {
+  disable: 0,
+  allow: 1,
+  prefer: 2,
+  require: 3,
+  "verify-ca": 4,
+  "verify-full": 5
+}
+
+interface UrlFacts {
+  host?: string
+  port?: number
+  ssl?: boolean | "prefer"
+  connectTimeout?: number
+}
+
+// The four facts of sql-pg's URL that decide where and how its sessions connect, read as sql-pg reads them (WHATWG
+// URL, `host`/`port`/`sslmode`/`connect_timeout` query parameters); sql-pg itself validates the rest.
+const urlFacts = (url: Redacted.Redacted | undefined): Result.Result<UrlFacts, InvalidOption> => {
+  if (url === undefined) return Result.succeed({})
+  let parsed: URL
+  try {
+    parsed = new URL(Redacted.value(url) as string)
+  } catch {
+    return Result.fail(new InvalidOption({ message: "invalid PgClient url" }))
+  }
+  const facts: UrlFacts = {}
+  if (parsed.hostname !== "") {
+    facts.host = parsed.hostname.startsWith("[") ? parsed.hostname.slice(1, -1) : decodeURIComponent(parsed.hostname)
+  }
+  if (parsed.port !== "") facts.port = Number(parsed.port)
+  for (const [key, value] of parsed.searchParams) {
+    if (key === "host") facts.host = value
+    else if (key === "port") facts.port = Number(value)
+    else if (key === "connect_timeout") facts.connectTimeout = Number(value)
+    else if (key === "sslmode") {
+      facts.ssl = value === "disable" ? false : value === "prefer" || value === "allow" ? "prefer" : true
+    }
+  }
+  return Result.succeed(facts)
+}
+
+const invalid = (message: string) => Result.fail(new InvalidOption({ message }))
+
+/**
+ * The cancel's {@link CancelOptions} from the config given to `PgClient` (`url`, `host`, `port`, `path`, `ssl`,
+ * `connectTimeout`), read the way sql-pg reads it, refined by `params`:
+ *
+ * | sql-pg config | the session | the cancel (libpq terms) |
+ * | --- | --- | --- |
+ * | `ssl: false`, no sslmode | plaintext | `sslmode=disable` |
+ * | `sslmode=prefer` / `allow` | TLS verified against the system roots if the server accepts, else plaintext | TLS session: `verify-full`, `sslrootcert=system`; plaintext: `prefer` |
+ * | `ssl: true`, `sslmode=require` / `verify-ca` / `verify-full` | TLS, verified like verify-full (system roots) | `verify-full`, `sslrootcert=system` |
+ * | `ssl: { ca, cert, key, servername }` | TLS, verified with that CA, host name = `servername` ?? host | `verify-full` with the same files (`params`), host name = `servername` ?? host |
+ * | `ssl: { rejectUnauthorized: false }` | TLS, unverified | `require` |
+ *
+ * Always `sslnegotiation=postgres` and `gssencmode=disable` (sql-pg has neither direct TLS nor GSS). A custom
+ * `stream` is refused: nothing tells where its cancel should go.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const cancelOptions = (
+  config: PgConnection.Config,
+  params: CancelParams = {}
+): Result.Result<CancelOptions, InvalidOption> => {
+  if (config.stream !== undefined) {
+    return invalid(
+      "@effect/sql-pg `stream` option: pqcancel cannot tell where the cancel of a custom stream goes; use host/port/path"
+    )
+  }
+  const url = urlFacts(config.url)
+  if (Result.isFailure(url)) return Result.fail(url.failure)
+  const host = config.host ?? url.success.host ?? "localhost"
+  const port = config.port ?? url.success.port ?? 5432
+  const path = config.path ?? (host.startsWith("/") ? `${host}/.s.PGSQL.${port}` : undefined)
+  const ssl = config.ssl ?? (url.success.ssl === "prefer" ? true : url.success.ssl ?? false)
+  const sslOptional = config.ssl === undefined && url.success.ssl === "prefer"
+  const tlsObject = typeof ssl === "object" ? ssl : undefined
+  const connectTimeout = config.connectTimeout !== undefined
+    ? Math.ceil(Duration.toSeconds(Duration.fromInputUnsafe(config.connectTimeout)))
+    : url.success.connectTimeout ?? 5
+  const serverName = typeof tlsObject?.servername === "string" ? tlsObject.servername : host
+  const hostEntry: ConnectionOptions.HostEntry = path !== undefined
+    ? { _tag: "Unix", directory: path.replace(/\/[^/]*$/, "") || "/", port }
+    : { _tag: "Tcp", host: serverName, hostaddr: undefined, port }
+  const inMemory = (field: "ca" | "cert" | "key" | "pfx", keyword: string) =>
+    tlsObject?.[field] !== undefined && params[keyword] === undefined
+      ? `ssl.${field} is in memory: pass the same material as a file with the cancel parameter ${keyword}`
+      : undefined
+  const make = (sslmode: ConnectionOptions.SslMode | undefined) => {
+    if (sslmode === undefined) return Result.succeed(undefined)
+    const verifying = sslmode === "verify-full"
+    const base: Record<string, string | undefined> = {
+      // libpq's host entry only matters for validation here: the session's HostEntry and address are given to the
+      // cancel directly (SessionInfo), never resolved again
+      host: path !== undefined ? hostEntry._tag === "Unix" ? hostEntry.directory : host : serverName,
+      port: String(port),
+      sslmode,
+      sslnegotiation: "postgres",
+      gssencmode: "disable",
+      connect_timeout: String(connectTimeout),
+      sslrootcert: verifying && tlsObject?.ca === undefined ? "system" : undefined,
+      sslsni: "1"
+    }
+    const merged = { ...base, ...params }
+    const requested = merged.sslmode as ConnectionOptions.SslMode
+    if (sslRank[requested] === undefined || sslRank[requested] < sslRank[sslmode]) {
+      return invalid(`cancel parameter sslmode=${String(params.sslmode)} is weaker than the session's (${sslmode})`)
+    }
+    if (requested !== "disable") {
+      const missing = inMemory("ca", "sslrootcert") ?? inMemory("cert", "sslcert") ?? inMemory("key", "sslkey") ??
+        (tlsObject?.pfx !== undefined ? "ssl.pfx is not supported for the cancel; use ca/cert/key files" : undefined)
+      if (missing !== undefined) return invalid(missing)
+    }
+    return ConnectionOptions.fromParams(merged)
+  }
+  const tlsMode: ConnectionOptions.SslMode | undefined = ssl === false
+    ? undefined
+    : tlsObject?.rejectUnauthorized === false
+    ? "require"
+    : "verify-full"
+  const tls = make(tlsMode)
+  if (Result.isFailure(tls)) return Result.fail(tls.failure)
+  const plaintext = make(ssl === false ? "disable" : sslOptional ? "prefer" : undefined)
+  if (Result.isFailure(plaintext)) return Result.fail(plaintext.failure)
+  return Result.succeed({ host: hostEntry, path, tls: tls.success, plaintext: plaintext.success })
+}
+
+/**
+ * Options of {@link make} and {@link layer}.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Options {
+  /** libpq keywords refining the cancel's options (see {@link CancelParams}) */
+  readonly cancelParams?: CancelParams | undefined
+  /** bound on sending the cancel (default: the config's connect timeout) */
+  readonly cancelTimeout?: Duration.Input | undefined
+  /** bound on waiting for the cancelled statement to end (default 5 seconds) */
+  readonly drainTimeout?: Duration.Input | undefined
+}
+
+const internalsError = (error: SqlPgInternalsChanged) =>
+  new SqlError({
+    reason: new UnknownError({ cause: error, message: error.message, operation: "pqcancel.sessionInfo" })
+  })
+
+// Waits (bounded) for a destroyed socket's `close`, so sql-pg has failed the statement and retired the connection.
+const destroySocket = (socket: Net.Socket): Effect.Effect<void> =>
+  Effect.callback<void>((resume) => {
+    if (socket.closed) return resume(Effect.void)
+    const done = () => resume(Effect.void)
+    socket.once("close", done)
+    socket.destroy()
+    return Effect.sync(() => socket.off("close", done))
+  }).pipe(Effect.timeoutOption("5 seconds"), Effect.asVoid)
+
+interface Guard {
+  readonly effect: <A>(query: Effect.Effect<A, SqlError>) => Effect.Effect<A, SqlError>
+  readonly stream: <A>(stream: Stream.Stream<A, SqlError>) => Stream.Stream<A, SqlError>
+}
+
+const passThrough: Guard = { effect: (query) => query, stream: (stream) => stream }
+
+const makeGuard = (
+  connection: PgConnection.PgConnection,
+  pool: PgPool.PgPool,
+  options: CancelOptions,
+  settings: Options,
+  transport: Transport["Service"]
+): Guard => {
+  // one statement at a time through this connection, so a cancel can only reach the statement it was sent for (a
+  // statement queued behind another one inside a transaction is never "running" while it waits here)
+  const lock = Semaphore.makeUnsafe(1)
+  const withSession = <A, E, R>(
+    f: (info: CancelConnection.SessionInfo, onUnsafe: () => Effect.Effect<void>) => Effect.Effect<A, E, R>
+  ): Effect.Effect<A, E | SqlError, R> =>
+    Effect.flatMap(
+      Effect.suspend(() => Effect.fromResult(Result.mapError(sessionInfoResult(connection, options), internalsError))),
+      (info) => f(info, () => Effect.andThen(destroySocket(info.socket), pool.invalidate(connection)))
+    )
+  const protect = <A, E>(
+    query: Effect.Effect<A, E>,
+    info: CancelConnection.SessionInfo,
+    onUnsafe: () => Effect.Effect<void>
+  ) =>
+    CancelOnInterrupt.cancelOnInterrupt(query, {
+      session: info,
+      cancelTimeout: settings.cancelTimeout,
+      drainTimeout: settings.drainTimeout,
+      onUnsafe
+    }).pipe(Effect.provideService(Transport, transport))
+
+  // a closed session fails its statement by itself (sql-pg's dead connection): nothing to cancel
+  const effect = <A>(query: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> =>
+    lock.withPermit(withSession((info, onUnsafe) => info.open === false ? query : protect(query, info, onUnsafe)))
+
+  const stream = <A>(rows: Stream.Stream<A, SqlError>): Stream.Stream<A, SqlError> =>
+    Stream.unwrap(Effect.gen(function*() {
+      const scope = yield* Effect.scope
+      yield* Effect.acquireRelease(lock.take(1), () => lock.release(1))
+      const info = yield* withSession((info, onUnsafe) => Effect.succeed({ info, onUnsafe }))
+      // sql-pg's stream lives in a child scope that is closed only after our finalizer (added later, so run
+      // first) has cancelled the statement and drained it: sql-pg's own finalizer then finds it done
+      const inner = yield* Scope.fork(scope, "sequential")
+      let ended = false
+      const pull = yield* Scope.provide(Stream.toPull(rows), inner)
+      yield* Scope.addFinalizer(
+        scope,
+        Effect.suspend(() => {
+          if (ended || info.info.open === false) return Effect.void
+          ended = true
+          // the rest of the statement, read to its end (its rows discarded): this keeps the socket flowing so the
+          // server's 57014 arrives; run under cancelOnInterrupt and interrupted at once ⇒ cancel, then drain
+          return Effect.gen(function*() {
+            const started = yield* Deferred.make<void>()
+            const drain = Effect.andThen(
+              Deferred.succeed(started, undefined),
+              Effect.exit(Effect.forever(pull))
+            )
+            const fiber = yield* Effect.forkChild(protect(drain, info.info, info.onUnsafe), {
+              startImmediately: true,
+              uninterruptible: false
+            })
+            yield* Deferred.await(started)
+            yield* Fiber.interrupt(fiber)
+          })
+        })
+      )
+      return Stream.fromPull(Effect.succeed(pull.pipe(Effect.onExit((exit) =>
+        Effect.sync(() => {
+          // the statement ended (rows done or an error); an interrupted pull leaves it running
+          if (Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)) ended = true
+        })
+      ))))
+    }))
+
+  return { effect, stream }
+}
+
+const makeConnection = (connection: PgConnection.PgConnection, guard: Guard): SqlConnection.Connection => {
+  const rows = (sql: string, params: ReadonlyArray<unknown>, prepare: boolean) =>
+    guard.effect(Effect.map(connection.query(sql, params, prepare), (result) => result.rows))
+  return {
+    execute: (sql, params, transformRows) =>
+      transformRows ? Effect.map(rows(sql, params, true), transformRows) : rows(sql, params, true),
+    executeRaw: (sql, params) => guard.effect(connection.query(sql, params)),
+    executeValues: (sql, params) => guard.effect(connection.queryValues(sql, params)),
+    executeValuesUnprepared: (sql, params) => guard.effect(connection.queryValues(sql, params, false)),
+    executeUnprepared: (sql, params, transformRows) =>
+      transformRows ? Effect.map(rows(sql, params, false), transformRows) : rows(sql, params, false),
+    executeStream: (sql, params, transformRows) => {
+      const stream = guard.stream(connection.stream(sql, params))
+      return transformRows ? Stream.mapArray(stream, (chunk) => transformRows(chunk) as typeof chunk) : stream
+    }
+  }
+}
+
+// PostgreSQL answers COMMIT with ROLLBACK when the transaction was aborted (as sql-pg's own client checks)
+const commit = (conn: SqlConnection.Connection): Effect.Effect<void, SqlError> =>
+  Effect.flatMap(conn.executeRaw("COMMIT", []), (result) =>
+    (result as PgConnection.Result).command === "ROLLBACK"
+      ? Effect.fail(
+        new SqlError({
+          reason: new UnknownError({
+            cause: new Error("COMMIT rolled back an aborted transaction"),
+            message: "PgClient: COMMIT rolled back an aborted transaction",
+            operation: "commit"
+          })
+        })
+      )
+      : Effect.void)
+
+interface PgJson extends Statement.Custom<"PgJson", unknown> {}
+// the same custom fragment kind as sql-pg's (its compiler, reused below, encodes it as jsonb)
+const PgJson = Statement.custom<PgJson>("PgJson")
+
+/**
+ * A `PgClient` (also a `SqlClient`) on a sql-pg pool (`PgPool.make(config)`), whose statements are cancelled on the
+ * server through pqcancel when their fiber is interrupted. Built from sql-pg's public parts (`PgPool`,
+ * `PgClient.makeCompiler`, `SqlClient.make`), like `PgClient.make`. With `multiplex: true`, statements on shared
+ * (unreserved) connections are left to sql-pg, which does not cancel them either (another fiber's statement may be
+ * on the wire); transactions and reserved connections are cancelled.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const make = Effect.fnUntraced(function*(
+  config: PgClient.PgPoolConfig,
+  options: Options = {}
+): Effect.fn.Return<PgClient.PgClient, SqlError | InvalidOption, Scope.Scope | Reactivity.Reactivity | Transport> {
+  const cancel = yield* Effect.fromResult(cancelOptions(config, options.cancelParams))
+  const transport = yield* Transport
+  const pool = yield* PgPool.make(config)
+  const wrap = (connection: PgConnection.PgConnection, shared: boolean) =>
+    makeConnection(connection, shared ? passThrough : makeGuard(connection, pool, cancel, options, transport))
+  const multiplex = config.multiplex === true
+  const transformRows = config.transformResultNames
+    ? Statement.defaultTransforms(config.transformResultNames, config.transformJson).array
+    : undefined
+  const client = yield* SqlClient.make({
+    driver: "pg",
+    acquirer: Effect.map(pool.get, (connection) => wrap(connection, multiplex)),
+    borrower: (f) => pool.use((connection) => f(wrap(connection, multiplex))),
+    transactionAcquirer: Effect.map(pool.reserve, (connection) => wrap(connection, false)),
+    compiler: PgClient.makeCompiler(config.transformQueryNames, config.transformJson),
+    prepareTransactionControls: true,
+    commit,
+    releaseSavepoint: (name) => `RELEASE SAVEPOINT ${name}`,
+    spanAttributes: [
+      ...(config.spanAttributes ? Object.entries(config.spanAttributes) : []),
+      ["db.system.name", "postgresql"],
+      ["db.namespace", config.database ?? config.username ?? "postgres"],
+      ["server.address", config.host ?? "localhost"],
+      ["server.port", config.port ?? 5432]
+    ],
+    transformRows
+  })
+  const listen: PgClient.PgClient["listen"] = (channel) =>
+    Effect.flatMap(pool.reserve, (connection) => connection.listen(channel))
+  const notify: PgClient.PgClient["notify"] = (channel, payload) =>
+    Effect.asVoid(Effect.scoped(Effect.flatMap(
+      Effect.map(pool.get, (connection) => wrap(connection, multiplex)),
+      (conn) => conn.executeRaw(`SELECT pg_notify($1, $2)`, [channel, payload])
+    )))
+  const pgClient: PgClient.PgClient = Object.assign(client, {
+    [PgClient.TypeId]: PgClient.TypeId,
+    config,
+    json: (value: unknown) => Statement.fragment([PgJson(value)]),
+    listen,
+    notify
+  })
+  return pgClient
+})
+
+/**
+ * The `PgClient` and `SqlClient` services, like `PgClient.layer(config)`, with cancel-on-interrupt through pqcancel
+ * (see {@link make}). Needs a `Transport` (`NodeTransport.layer`).
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layer = (
+  config: PgClient.PgPoolConfig,
+  options?: Options
+): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, SqlError | InvalidOption, Transport> =>
+  PgClient.layerFrom(make(config, options))
