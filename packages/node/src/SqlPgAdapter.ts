@@ -239,9 +239,9 @@ const sessionInfoResult = (
 }
 
 /**
- * libpq keywords that refine the cancel's options derived from the `PgClient` config, e.g. TLS files
- * (`sslrootcert`, `sslcert`, `sslkey`) when the config holds the material in memory, or `connect_timeout`. An
- * `sslmode` weaker than what the config requires is refused.
+ * libpq keywords that refine the cancel's options derived from the `PgClient` config, e.g. `connect_timeout`, or
+ * TLS files (`sslrootcert`, `sslcert`, `sslkey`, which then replace the config's in-memory `ssl.ca`/`cert`/`key`).
+ * An `sslmode` weaker than what the config requires is refused.
  *
  * @category models
  * @since 0.1.0
@@ -292,6 +292,39 @@ const urlFacts = (url: Redacted.Redacted | undefined): Result.Result<UrlFacts, I
 
 const invalid = (message: string) => Result.fail(new InvalidOption({ message }))
 
+type NodeTlsOptions = Exclude<PgConnection.Config["ssl"], boolean | undefined>
+
+const pemList = (value: unknown): ReadonlyArray<string | Uint8Array> | undefined | false => {
+  if (value === undefined) return undefined
+  const list = Array.isArray(value) ? value : [value]
+  return list.every((item) => typeof item === "string" || item instanceof Uint8Array) ? list : false
+}
+
+// sql-pg hands `ssl` to `tls.connect`: its ca/cert/key/passphrase become the cancel's `sslMaterial`; what pqcancel
+// cannot use the same way (pfx, KeyObjects, several keys) is refused rather than silently dropped
+const sslMaterialOf = (
+  tls: NodeTlsOptions | undefined,
+  params: CancelParams
+): Result.Result<ConnectionOptions.SslMaterial | undefined, InvalidOption> => {
+  if (tls === undefined) return Result.succeed(undefined)
+  if (tls.pfx !== undefined) return invalid("ssl.pfx is not supported for the cancel: use ssl.ca/cert/key")
+  const ca = params.sslrootcert === undefined ? pemList(tls.ca) : undefined
+  const cert = params.sslcert === undefined ? pemList(tls.cert) : undefined
+  const keys = params.sslkey === undefined ? pemList(tls.key) : undefined
+  if (ca === false || cert === false) return invalid("ssl.ca and ssl.cert must be PEM strings or buffers")
+  if (keys === false || (keys !== undefined && keys.length !== 1)) {
+    return invalid("ssl.key must be one PEM string or buffer for the cancel")
+  }
+  const passphrase = typeof tls.passphrase === "string" ? Redacted.make(tls.passphrase) : undefined
+  if (ca === undefined && cert === undefined && keys === undefined) return Result.succeed(undefined)
+  return Result.succeed({
+    ...(ca !== undefined ? { ca } : {}),
+    ...(cert !== undefined ? { cert } : {}),
+    ...(keys !== undefined ? { key: Redacted.make(keys[0]!) } : {}),
+    ...(passphrase !== undefined ? { passphrase } : {})
+  })
+}
+
 /**
  * The cancel's {@link CancelOptions} from the config given to `PgClient` (`url`, `host`, `port`, `path`, `ssl`,
  * `connectTimeout`), read the way sql-pg reads it, refined by `params`:
@@ -301,7 +334,7 @@ const invalid = (message: string) => Result.fail(new InvalidOption({ message }))
  * | `ssl: false`, no sslmode | plaintext | `sslmode=disable` |
  * | `sslmode=prefer` / `allow` | TLS verified against the system roots if the server accepts, else plaintext | TLS session: `verify-full`, `sslrootcert=system`; plaintext: `prefer` |
  * | `ssl: true`, `sslmode=require` / `verify-ca` / `verify-full` | TLS, verified like verify-full (system roots) | `verify-full`, `sslrootcert=system` |
- * | `ssl: { ca, cert, key, servername }` | TLS, verified with that CA, host name = `servername` ?? host | `verify-full` with the same files (`params`), host name = `servername` ?? host |
+ * | `ssl: { ca, cert, key, passphrase, servername }` | TLS, verified with that CA, host name = `servername` ?? host | `verify-full` with the same material (`sslMaterial`), host name = `servername` ?? host |
  * | `ssl: { rejectUnauthorized: false }` | TLS, unverified | `require` |
  *
  * Always `sslnegotiation=postgres` and `gssencmode=disable` (sql-pg has neither direct TLS nor GSS). A custom
@@ -334,10 +367,9 @@ export const cancelOptions = (
   const hostEntry: ConnectionOptions.HostEntry = path !== undefined
     ? { _tag: "Unix", directory: path.replace(/\/[^/]*$/, "") || "/", port }
     : { _tag: "Tcp", host: serverName, hostaddr: undefined, port }
-  const inMemory = (field: "ca" | "cert" | "key" | "pfx", keyword: string) =>
-    tlsObject?.[field] !== undefined && params[keyword] === undefined
-      ? `ssl.${field} is in memory: pass the same material as a file with the cancel parameter ${keyword}`
-      : undefined
+  // the session's in-memory TLS material, for the cancel's handshake (a file given in `params` wins)
+  const material = sslMaterialOf(tlsObject, params)
+  if (Result.isFailure(material)) return Result.fail(material.failure)
   const make = (sslmode: ConnectionOptions.SslMode | undefined) => {
     if (sslmode === undefined) return Result.succeed(undefined)
     const verifying = sslmode === "verify-full"
@@ -358,12 +390,10 @@ export const cancelOptions = (
     if (sslRank[requested] === undefined || sslRank[requested] < sslRank[sslmode]) {
       return invalid(`cancel parameter sslmode=${String(params.sslmode)} is weaker than the session's (${sslmode})`)
     }
-    if (requested !== "disable") {
-      const missing = inMemory("ca", "sslrootcert") ?? inMemory("cert", "sslcert") ?? inMemory("key", "sslkey") ??
-        (tlsObject?.pfx !== undefined ? "ssl.pfx is not supported for the cancel; use ca/cert/key files" : undefined)
-      if (missing !== undefined) return invalid(missing)
-    }
-    return ConnectionOptions.fromParams(merged)
+    const resolved = ConnectionOptions.fromParams(merged)
+    return material.success === undefined || requested === "disable" || Result.isFailure(resolved)
+      ? resolved
+      : Result.succeed({ ...resolved.success, sslMaterial: material.success })
   }
   const tlsMode: ConnectionOptions.SslMode | undefined = ssl === false
     ? undefined

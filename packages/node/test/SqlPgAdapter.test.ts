@@ -96,11 +96,10 @@ const spyTransport = Effect.gen(function*() {
   const inner = Context.get(built, Transport)
   const service = Transport.of({
     ...inner,
-    connect: (request) =>
-      Effect.suspend(() => {
-        connects++
-        return inner.connect(request)
-      })
+    connect: (request, sink) => {
+      connects++
+      return inner.connect(request, sink)
+    }
   })
   return { service, connects: () => connects }
 })
@@ -145,8 +144,7 @@ const variants: ReadonlyArray<Variant> = [
       username: "postgres",
       ssl: { ca: Fs.readFileSync(cluster.caCertPath, "utf8") },
       maxConnections: 1
-    }),
-    options: (cluster) => ({ cancelParams: { sslrootcert: cluster.caCertPath } })
+    })
   },
   {
     name: "unix socket",
@@ -307,6 +305,38 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
       yield* TestSession.waitUntilGone(monitor, pid)
     }))
 
+  it.effect("the cancel verifies the server as the session did: a server it cannot verify gets no key", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const proxy = yield* recordingProxy(cluster, "tcp")
+      // the session trusts the cluster's CA; the cancel is told to trust another CA only
+      const { cancels, sql } = yield* makeClient(
+        {
+          host: "localhost",
+          port: proxy.port,
+          username: "postgres",
+          ssl: { ca: Fs.readFileSync(cluster.caCertPath, "utf8") },
+          maxConnections: 1
+        },
+        { cancelParams: { sslrootcert: cluster.wrongCaCertPath } }
+      )
+      const monitor = yield* monitorOf(cluster)
+      const pid = yield* backendPid(sql)
+      const fiber = yield* sql`SELECT pg_sleep(60)`.pipe(Effect.forkChild)
+      yield* TestSession.waitUntilSleeping(monitor, pid)
+      yield* Fiber.interrupt(fiber)
+      assert.strictEqual(cancels(), 1)
+      // the handshake failed before the key was sent: the statement still runs, so the connection was retired
+      assert.strictEqual(
+        yield* queryValue(monitor, `SELECT wait_event FROM pg_stat_activity WHERE pid = ${pid}`),
+        "PgSleep"
+      )
+      const next = yield* backendPid(sql)
+      assert.notStrictEqual(next, pid)
+      yield* monitor.query(`SELECT pg_terminate_backend(${pid})`)
+      yield* TestSession.waitUntilGone(monitor, pid)
+    }))
+
   it.effect("50 fibers on one pool interrupted at once: every backend idle, the pool whole", () =>
     Effect.gen(function*() {
       const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
@@ -429,10 +459,18 @@ layer(Layer.empty)("SqlPgAdapter.cancelOptions", (it) => {
     const unverified = ok({ host: "db", ssl: { rejectUnauthorized: false } })
     assert.strictEqual(unverified.tls?.sslmode, "require")
 
-    const files = ok({ host: "10.0.0.5", ssl: { ca: "PEM", servername: "db.internal" } }, { sslrootcert: "/ca.pem" })
-    assert.strictEqual(files.tls?.sslmode, "verify-full")
+    // in-memory material travels as sslMaterial; the host name verified is servername, as Node's TLS does
+    const memory = ok({ host: "10.0.0.5", ssl: { ca: "CA PEM", cert: "CERT", key: "KEY", servername: "db.internal" } })
+    assert.strictEqual(memory.tls?.sslmode, "verify-full")
+    assert.isUndefined(memory.tls?.sslrootcert)
+    assert.deepStrictEqual(memory.tls?.sslMaterial?.ca, ["CA PEM"])
+    assert.deepStrictEqual(memory.tls?.sslMaterial?.cert, ["CERT"])
+    assert.strictEqual(Redacted.value(memory.tls!.sslMaterial!.key!), "KEY")
+    assert.deepStrictEqual(memory.host, { _tag: "Tcp", host: "db.internal", hostaddr: undefined, port: 5432 })
+    // a file given for the cancel replaces the in-memory CA
+    const files = ok({ host: "db", ssl: { ca: "PEM" } }, { sslrootcert: "/ca.pem" })
     assert.strictEqual(files.tls?.sslrootcert, "/ca.pem")
-    assert.deepStrictEqual(files.host, { _tag: "Tcp", host: "db.internal", hostaddr: undefined, port: 5432 })
+    assert.isUndefined(files.tls?.sslMaterial)
 
     const unix = ok({ host: "/run/pg", port: 5444 })
     assert.strictEqual(unix.path, "/run/pg/.s.PGSQL.5444")
@@ -440,7 +478,8 @@ layer(Layer.empty)("SqlPgAdapter.cancelOptions", (it) => {
   })
 
   it("refuses what it cannot honour", () => {
-    assert.include(fails({ host: "db", ssl: { ca: "PEM" } }), "sslrootcert")
+    assert.include(fails({ host: "db", ssl: { pfx: "P12" } }), "pfx")
+    assert.include(fails({ host: "db", ssl: { cert: "PEM", key: ["K1", "K2"] } }), "ssl.key")
     assert.include(fails({ host: "db", ssl: true }, { sslmode: "disable" }), "weaker")
     assert.include(fails({ host: "db", ssl: true }, { sslmode: "require" }), "weaker")
     assert.include(fails({ stream: () => new Net.Socket() }), "stream")
