@@ -52,6 +52,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import type * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import type * as Reactivity from "effect/reactivity/Reactivity"
 import * as Redacted from "effect/Redacted"
 import * as Result from "effect/Result"
@@ -420,6 +421,27 @@ export interface Options {
   readonly cancelTimeout?: Duration.Input | undefined
   /** bound on waiting for the cancelled statement to end (default 5 seconds) */
   readonly drainTimeout?: Duration.Input | undefined
+  /** when to send a transiently failed cancel again (see {@link CancelOnInterrupt.Options}) */
+  readonly retry?: CancelOnInterrupt.Options["retry"]
+  /** send the cancel again while the statement has not ended after this long (default 500 ms) */
+  readonly recancelInterval?: Duration.Input | undefined
+  /**
+   * retire the connection unless the interrupted statement ended with SQLSTATE 57014: set it behind a pooler or
+   * proxy (PgBouncer, a cloud proxy) that confirms a cancel before it forwards it
+   */
+  readonly retireUnlessCanceled?: boolean | undefined
+}
+
+/**
+ * Whether a statement ended cancelled: a `SqlError` from sql-pg carrying SQLSTATE 57014 (`query_canceled`).
+ *
+ * @category predicates
+ * @since 0.1.0
+ */
+export const isCanceled = (exit: Exit.Exit<unknown, unknown>): boolean => {
+  if (Exit.isSuccess(exit)) return false
+  const error = Option.getOrUndefined(Exit.findErrorOption(exit))
+  return error instanceof SqlError && (error.reason.cause as { readonly code?: unknown } | undefined)?.code === "57014"
 }
 
 const internalsError = (error: SqlPgInternalsChanged) =>
@@ -470,6 +492,10 @@ const makeGuard = (
       session: info,
       cancelTimeout: settings.cancelTimeout,
       drainTimeout: settings.drainTimeout,
+      retry: settings.retry,
+      recancelInterval: settings.recancelInterval,
+      retireUnlessCanceled: settings.retireUnlessCanceled,
+      isCanceled,
       onUnsafe
     }).pipe(Effect.provideService(Transport, transport))
 
@@ -498,7 +524,7 @@ const makeGuard = (
             const started = yield* Deferred.make<void>()
             const drain = Effect.andThen(
               Deferred.succeed(started, undefined),
-              Effect.exit(Effect.forever(pull))
+              Effect.forever(pull).pipe(Effect.catch((error) => Cause.isDone(error) ? Effect.void : Effect.fail(error)))
             )
             const fiber = yield* Effect.forkChild(protect(drain, info.info, info.onUnsafe), {
               startImmediately: true,

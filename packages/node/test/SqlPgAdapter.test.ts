@@ -286,7 +286,13 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
 
   it.effect("a cancel that cannot be sent retires the connection: it is never reused", () =>
     Effect.gen(function*() {
-      const { cancels, monitor, proxy, sql } = yield* setup(variants[0]!)
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const proxy = yield* recordingProxy(cluster, "tcp")
+      const { cancels, sql } = yield* makeClient(
+        { host: "127.0.0.1", port: proxy.port, username: "postgres", maxConnections: 1 },
+        { cancelTimeout: "1 second", drainTimeout: "2 seconds" }
+      )
+      const monitor = yield* monitorOf(cluster)
       const pid = yield* backendPid(sql)
       // the cancel goes to the session's address, the proxy, which now refuses new connections
       yield* proxy.refuseNew
@@ -294,7 +300,8 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
       yield* TestSession.waitUntilSleeping(monitor, pid)
       const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
       assert.isTrue(Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause))
-      assert.strictEqual(cancels(), 1)
+      // refused: sent again (a transient failure) within the bound, then given up
+      assert.isAtLeast(cancels(), 1)
       assert.strictEqual(proxy.connections(), 1)
       // the pool cannot reach the server any more through the closed proxy: the next checkout must open a new
       // connection (and fails), it does not get the retired one
