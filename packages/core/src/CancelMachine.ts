@@ -82,6 +82,17 @@ export interface TlsRequest {
 }
 
 /**
+ * What the GSS layer needs for a handshake, derived from the options by {@link makeConfig}.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface GssRequest {
+  /** libpq's `PQhost`: the host name, else hostaddr; the target is `<krbsrvname>@<host>` (undefined on a socket) */
+  readonly host: string | undefined
+}
+
+/**
  * Effects the machine asks its driver to perform, in order.
  *
  * @category models
@@ -98,7 +109,7 @@ export type Action =
     readonly encrypted: boolean
   }
   | { readonly _tag: "StartTls"; readonly request: TlsRequest }
-  | { readonly _tag: "StartGss" }
+  | { readonly _tag: "StartGss"; readonly request: GssRequest }
   | { readonly _tag: "Close" }
 
 /**
@@ -314,7 +325,7 @@ export const makeConfig = (options: {
       cancelEncrypted: { _tag: "Write", kind: "CancelRequest", bytes: cancel, encrypted: true },
       startTls: { _tag: "StartTls", request: request(false) },
       startTlsDirect: { _tag: "StartTls", request: request(true) },
-      startGss: { _tag: "StartGss" }
+      startGss: { _tag: "StartGss", request: { host: name } }
     }
   }
 }

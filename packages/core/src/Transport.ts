@@ -18,7 +18,7 @@
  */
 import * as Context from "effect/Context"
 import type * as Effect from "effect/Effect"
-import type { Event, RemoteAddress, TlsRequest } from "./CancelMachine.ts"
+import type { Event, GssRequest, RemoteAddress, TlsRequest } from "./CancelMachine.ts"
 import type { ConnectionOptions } from "./ConnectionOptions.ts"
 
 /**
@@ -68,8 +68,11 @@ export interface Connection {
   readonly write: (bytes: Uint8Array) => void
   /** begin a TLS handshake on this socket; the outcome arrives as `TlsEstablished` or `TlsFailed` */
   readonly startTls: (request: TlsRequest) => void
-  /** begin GSS encryption; the outcome arrives as `GssEstablished` or `GssFailed` */
-  readonly startGss: () => void
+  /**
+   * begin GSS encryption (after the server's 'G'): the context for `<krbsrvname>@<request.host>`; the outcome arrives
+   * as `GssEstablished` or `GssFailed`, and from then on `write` wraps and `Data` is unwrapped
+   */
+  readonly startGss: (request: GssRequest) => void
   /** close the socket now (idempotent); no event is reported after it */
   readonly close: () => void
 }

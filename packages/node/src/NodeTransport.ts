@@ -29,7 +29,9 @@ import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Tls from "node:tls"
+import * as GssChannel from "./internal/gssChannel.ts"
 import * as TlsErrors from "./internal/tlsErrors.ts"
+import * as NodeGss from "./NodeGss.ts"
 
 // strerror texts for the codes Node reports, so messages read like libpq's
 const strerror: Record<string, string> = {
@@ -301,10 +303,15 @@ class NodeConnection implements TransportNs.Connection {
   private closed = false
   private readonly request: TransportNs.ConnectRequest
   private readonly emit: TransportNs.EventSink
+  private readonly gssOptions: NodeGss.Options | false
+  // GSS encryption (NodeGss): after the server's 'G' the channel owns the raw socket's data and end events; once it
+  // has started, every write goes through it (dropped until the context is up, wrapped after), never in clear
+  private gss: GssChannel.Channel | undefined
 
-  constructor(request: TransportNs.ConnectRequest, sink: TransportNs.EventSink) {
+  constructor(request: TransportNs.ConnectRequest, sink: TransportNs.EventSink, gssOptions: NodeGss.Options | false) {
     this.request = request
     this.emit = sink
+    this.gssOptions = gssOptions
     const raw = this.raw
     raw.on("data", this.onData)
     raw.on("end", this.onEnd)
@@ -348,7 +355,9 @@ class NodeConnection implements TransportNs.Connection {
   }
 
   write(bytes: Uint8Array): void {
-    if (!this.closed) this.active.write(bytes)
+    if (this.closed) return
+    if (this.gss !== undefined) this.gss.write(bytes)
+    else this.active.write(bytes)
   }
 
   startTls(tlsRequest: CancelMachine.TlsRequest): void {
@@ -394,13 +403,28 @@ class NodeConnection implements TransportNs.Connection {
     })
   }
 
-  startGss(): void {
-    this.emit({ _tag: "GssFailed", message: "GSSAPI encryption is not supported" })
+  startGss(gssRequest: CancelMachine.GssRequest): void {
+    if (this.closed || this.gss !== undefined) return
+    const options = this.gssOptions
+    const api = options === false ? undefined : NodeGss.loadApi(options)
+    if (api === undefined || options === false) {
+      this.emit({ _tag: "GssFailed", message: "GSSAPI encryption is not available (no GSSAPI library)" })
+      return
+    }
+    this.raw.off("data", this.onData)
+    this.raw.off("end", this.onEnd)
+    this.gss = GssChannel.start(api, this.raw, {
+      service: this.request.options.krbsrvname ?? "postgres",
+      host: gssRequest.host,
+      ccache: options.ccache,
+      delegate: false
+    }, this.emit)
   }
 
   close(): void {
     if (this.closed) return
     this.closed = true
+    this.gss?.close()
     const active = this.active
     const raw = this.raw
     if (this.secured && !active.readableEnded) {
@@ -421,8 +445,11 @@ const Connected = { _tag: "Connected" } as const
 const Eof = { _tag: "Eof" } as const
 const ignore = () => {}
 
-const connect = (request: TransportNs.ConnectRequest, sink: TransportNs.EventSink): TransportNs.Connection =>
-  new NodeConnection(request, sink)
+const connect = (
+  request: TransportNs.ConnectRequest,
+  sink: TransportNs.EventSink,
+  gss: NodeGss.Options | false = {}
+): TransportNs.Connection => new NodeConnection(request, sink, gss)
 
 /**
  * The Node transport.
@@ -431,10 +458,43 @@ const connect = (request: TransportNs.ConnectRequest, sink: TransportNs.EventSin
  * @since 0.1.0
  */
 export const make: Transport["Service"] = Transport.of({
-  connect,
-  // no GSS provider in Node: gssencmode=prefer falls back, require fails with libpq's text
-  gssCredentialsAvailable: () => Effect.succeed(false)
+  connect: (request, sink) => connect(request, sink),
+  // libpq's pg_GSS_have_cred_cache through NodeGss (false without koffi or the GSSAPI library)
+  gssCredentialsAvailable: () => NodeGss.credentialsAvailable()
 })
+
+/**
+ * The Node transport with GSS settings: `gss: false` turns GSS encryption off (as a libpq built without GSSAPI:
+ * `gssencmode=prefer` never tries it); an {@link NodeGss.Options} object names the GSSAPI library or a credential
+ * cache. {@link make} is `makeWith({})`.
+ *
+ * @example
+ * ```ts
+ * import { NodeTransport } from "@pqcancel/node"
+ *
+ * const withoutGss = NodeTransport.makeWith({ gss: false })
+ * const ownCache = NodeTransport.makeWith({ gss: { ccache: "FILE:/var/lib/app/krb5cc" } })
+ * ```
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const makeWith = (options: { readonly gss?: NodeGss.Options | false | undefined }): Transport["Service"] => {
+  const gss = options.gss ?? {}
+  return Transport.of({
+    connect: (request, sink) => connect(request, sink, gss),
+    gssCredentialsAvailable: () => gss === false ? Effect.succeed(false) : NodeGss.credentialsAvailable(gss)
+  })
+}
+
+/**
+ * {@link makeWith} as a Layer.
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerWith = (options: { readonly gss?: NodeGss.Options | false | undefined }): Layer.Layer<Transport> =>
+  Layer.succeed(Transport, makeWith(options))
 
 /**
  * The Node transport as a Layer.

@@ -27,6 +27,13 @@ export * as EmbeddedPostgres from "./EmbeddedPostgres.ts"
 export * as FakePostmaster from "./FakePostmaster.ts"
 
 /**
+ * A throwaway MIT Kerberos realm (KDC, keytab, credential cache) and a GSSAPI-enabled PostgreSQL, for GSS tests.
+ *
+ * @since 0.1.0
+ */
+export * as Kerberos from "./Kerberos.ts"
+
+/**
  * The smallest honest PostgreSQL client a cancellation test needs.
  *
  * @since 0.1.0

@@ -117,7 +117,7 @@ export class Driver {
       case "StartTls":
         return this.connection?.startTls(action.request)
       case "StartGss":
-        return this.connection?.startGss()
+        return this.connection?.startGss(action.request)
     }
   }
 

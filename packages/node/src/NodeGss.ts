@@ -1,0 +1,99 @@
+/**
+ * GSSAPI encryption for cancel requests (`gssencmode=prefer|require`), as libpq does it: the system's MIT Kerberos
+ * GSSAPI library (`libgssapi_krb5.so.2`, the one libpq links) called through the optional dependency
+ * [koffi](https://koffi.dev), an FFI package whose binaries ship prebuilt inside npm (no compiler, no download at
+ * install time). Both are loaded lazily, on the first cancel that could use GSS; without them
+ * {@link NodeTransport} behaves like libpq without a credential cache: `gssencmode=prefer` falls back to TLS or
+ * plaintext and `gssencmode=require` fails with `GSSAPI encryption required but no credential cache`.
+ *
+ * The credential is the user's, from the credential cache `KRB5CCNAME` names (or the library's default), as with
+ * libpq; {@link Options} can name another cache (MIT's credential store, `gss_acquire_cred_from`). The target is
+ * `<krbsrvname>@<host>` as a host-based service name, the context is requested with libpq's flags (mutual
+ * authentication, replay and sequence detection, confidentiality, integrity), and every packet after the handshake
+ * is wrapped with confidentiality. The context, name and credential are released when the cancel connection's socket
+ * closes, which its Scope guarantees.
+ *
+ * @example
+ * ```ts
+ * import * as Effect from "effect/Effect"
+ * import { CancelConnection } from "@pqcancel/core"
+ * import { NodeTransport } from "@pqcancel/node"
+import * as NodeGss from "@pqcancel/node/NodeGss"
+ *
+ * declare const session: CancelConnection.SessionInfo // e.g. options from "host=db.example.com gssencmode=require"
+ *
+ * const program = Effect.gen(function*() {
+ *   if (!(yield* NodeGss.available())) yield* Effect.log(`no GSS: ${NodeGss.unavailableReason()}`)
+ *   // NodeTransport.layer uses GSS whenever the library loads and a credential is there
+ *   yield* CancelConnection.cancel(session)
+ * }).pipe(Effect.provide(NodeTransport.layer))
+ *
+ * // a service that keeps its tickets in its own cache
+ * const custom = NodeTransport.layerWith({ gss: { ccache: "FILE:/var/lib/app/krb5cc" } })
+ * ```
+ *
+ * @since 0.1.0
+ */
+import * as Effect from "effect/Effect"
+import * as Gss from "./internal/gssapi.ts"
+
+/**
+ * Where the GSS provider finds the library and the credential.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Options {
+  /**
+   * GSSAPI library file(s) to try in order; default `libgssapi_krb5.so.2` then `libgssapi_krb5.so` (macOS: the
+   * Homebrew/MacPorts MIT library). Must be MIT Kerberos (or API compatible, with `gss_acquire_cred_from`).
+   */
+  readonly library?: string | ReadonlyArray<string> | undefined
+  /**
+   * A credential cache to use instead of the default one (`KRB5CCNAME`), e.g. `FILE:/var/lib/app/krb5cc`. libpq has
+   * no such option: it always uses the default cache.
+   */
+  readonly ccache?: string | undefined
+}
+
+const libraries = (options: Options | undefined): ReadonlyArray<string> | undefined =>
+  options?.library === undefined ? undefined : typeof options.library === "string" ? [options.library] : options.library
+
+/** @internal */
+export const loadApi = (options: Options | undefined): Gss.GssApi | undefined => Gss.load(libraries(options))
+
+/**
+ * Whether koffi and the GSSAPI library load (once per process; later calls are free).
+ *
+ * @category getters
+ * @since 0.1.0
+ */
+export const available = (options?: Options): Effect.Effect<boolean> =>
+  Effect.sync(() => loadApi(options) !== undefined)
+
+/**
+ * Why GSS is unavailable (koffi missing, library missing), or undefined when the last load succeeded.
+ *
+ * @category getters
+ * @since 0.1.0
+ */
+export const unavailableReason = (): string | undefined => Gss.loadError
+
+/**
+ * libpq's `pg_GSS_have_cred_cache`: whether a credential for initiating a context can be acquired (a ticket in the
+ * credential cache). False when the library is unavailable. Runs off the event loop.
+ *
+ * @category getters
+ * @since 0.1.0
+ */
+export const credentialsAvailable = (options?: Options): Effect.Effect<boolean> =>
+  Effect.suspend(() => {
+    const api = loadApi(options)
+    if (api === undefined) return Effect.succeed(false)
+    return Effect.callback<boolean>((resume) => {
+      api.acquireCred(options?.ccache, (cred) => {
+        if (cred !== undefined) api.releaseCred(cred)
+        resume(Effect.succeed(cred !== undefined))
+      })
+    })
+  })
