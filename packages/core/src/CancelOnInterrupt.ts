@@ -92,8 +92,11 @@ export type Location = "withdrawn" | "running" | "elsewhere"
  * @since 0.1.0
  */
 export interface Options {
-  /** the session running the query (its options, address and cancel key) */
-  readonly session: CancelConnection.SessionInfo
+  /**
+   * the session running the query (its options, address and cancel key); or a function that returns it, called
+   * once `locate` said `"running"` — for drivers that choose the connection after the query started (a pool)
+   */
+  readonly session: CancelConnection.SessionInfo | (() => CancelConnection.SessionInfo)
   /**
    * bound on sending one cancel, its retries included (default: the session's connect_timeout, else 5 seconds)
    */
@@ -174,11 +177,12 @@ const afterInterrupt = Effect.fnUntraced(function*<A, E>(fiber: Fiber.Fiber<A, E
     }
     return
   }
+  const session = typeof options.session === "function" ? options.session() : options.session
   const cancelTimeout = Duration.fromInputUnsafe(
-    options.cancelTimeout ?? Duration.seconds(options.session.options.connectTimeout ?? 5)
+    options.cancelTimeout ?? Duration.seconds(session.options.connectTimeout ?? 5)
   )
   const retry = (options.retry ?? defaultRetry).pipe(Schedule.upTo({ duration: cancelTimeout }))
-  const sendCancel = CancelConnection.cancel(options.session, { timeout: cancelTimeout, retry })
+  const sendCancel = CancelConnection.cancel(session, { timeout: cancelTimeout, retry })
   const recancelInterval = Duration.fromInputUnsafe(options.recancelInterval ?? Duration.millis(500))
   const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(drainTimeout)
   let unconfirmed: CancelCreateError | CancelFailed | CancelTimeout | undefined

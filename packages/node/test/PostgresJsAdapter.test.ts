@@ -1,0 +1,244 @@
+/**
+ * postgres.js through the adapter, on a real PostgreSQL 18: interrupting the fiber cancels the server query (TCP,
+ * TLS verify-full, TLS require, direct TLS, unix socket), the backend is idle again and the next query on the same
+ * `sql` works; a queued query that is interrupted never runs and cancels nothing; a connection whose cancel cannot
+ * be confirmed is retired.
+ */
+import { assert, layer } from "@effect/vitest"
+import { Transport } from "@pqcancel/core"
+import { NodeTransport } from "@pqcancel/node"
+import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
+import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Fs from "node:fs"
+import type postgres from "postgres"
+
+let counter = 0
+/** a unique application_name, to find the test's backends in pg_stat_activity */
+const appName = (): string => `pgjs-test-${process.pid}-${++counter}`
+
+/** the pid of the backend of `app` that sleeps in pg_sleep */
+const sleepingPid = Effect.fnUntraced(function*(monitor: TestSession.TestSession, app: string) {
+  const sql = `SELECT pid FROM pg_stat_activity WHERE application_name = '${app}' AND wait_event = 'PgSleep'`
+  yield* TestSession.waitUntil(monitor, sql, (value) => value !== null && value !== undefined, {
+    timeout: "20 seconds",
+    description: `a backend of ${app} in pg_sleep`
+  })
+  const result = yield* monitor.query(sql)
+  assert.strictEqual(result._tag, "Ok")
+  return Number(result._tag === "Ok" ? result.rows[0]![0] : -1)
+})
+
+const interruptedOnly = (exit: Exit.Exit<unknown, unknown>): boolean =>
+  Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause)
+
+const ca = (c: EmbeddedPostgres.Cluster): string => Fs.readFileSync(c.caCertPath, "utf8")
+
+const plain = (c: EmbeddedPostgres.Cluster, app: string): PostgresJsAdapter.Options => ({
+  host: "127.0.0.1",
+  port: c.port,
+  user: "postgres",
+  database: "postgres",
+  onnotice: () => {},
+  connection: { application_name: app }
+})
+
+/** a transport whose every connection is refused: a cancel can never be confirmed */
+const refusingTransport = Layer.succeed(
+  Transport.Transport,
+  Transport.Transport.of({
+    connect: (_request, sink) => {
+      queueMicrotask(() => sink({ _tag: "ConnectFailed", message: "Connection refused", errno: 111 }))
+      return { fd: () => -1, write: () => {}, startTls: () => {}, startGss: () => {}, close: () => {} }
+    },
+    gssCredentialsAvailable: () => Effect.succeed(false)
+  })
+)
+
+layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 seconds" })("PostgresJsAdapter", (it) => {
+  const cases: ReadonlyArray<{
+    readonly name: string
+    readonly options: (c: EmbeddedPostgres.Cluster) => PostgresJsAdapter.Options
+    readonly tls: boolean
+  }> = [
+    { name: "TCP", options: (c) => ({ host: "127.0.0.1", port: c.port }), tls: false },
+    {
+      name: "TLS verify-full (ca in memory)",
+      options: (c) => ({ host: "localhost", port: c.port, ssl: { ca: ca(c) } }),
+      tls: true
+    },
+    { name: "TLS require", options: (c) => ({ host: "127.0.0.1", port: c.port, ssl: "require" }), tls: true },
+    {
+      name: "direct TLS (sslnegotiation=direct)",
+      options: (c) => ({ host: "localhost", port: c.port, ssl: { ca: ca(c) }, sslnegotiation: "direct" }) as never,
+      tls: true
+    },
+    { name: "unix socket", options: (c) => ({ host: c.socketDir, port: c.port }), tls: false }
+  ]
+
+  for (const testCase of cases) {
+    it.effect(`interrupting the fiber cancels the server query; the next query works (${testCase.name})`, () =>
+      Effect.gen(function*() {
+        const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+        const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+        const app = appName()
+        const sql = yield* PostgresJsAdapter.make({
+          ...testCase.options(cluster),
+          user: "postgres",
+          database: "postgres",
+          max: 1,
+          onnotice: () => {},
+          connection: { application_name: app }
+        })
+        let captured: Promise<unknown> | undefined
+        const fiber = yield* PostgresJsAdapter.query(sql, (sql) => {
+          const q = sql`SELECT pg_sleep(60)`
+          captured = q.catch((error: unknown) => error)
+          return q
+        }).pipe(Effect.forkChild)
+        const pid = yield* sleepingPid(monitor, app)
+        const ssl = yield* monitor.query(`SELECT ssl FROM pg_stat_ssl WHERE pid = ${pid}`)
+        assert.deepStrictEqual(ssl._tag === "Ok" ? ssl.rows : ssl, [[testCase.tls ? "t" : "f"]])
+        const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
+        // the caller sees an interruption; the query itself ended with 57014 on the server
+        assert.isTrue(interruptedOnly(exit), String(exit))
+        const error = yield* Effect.promise(() => captured!)
+        assert.strictEqual((error as { readonly code?: string }).code, "57014")
+        yield* TestSession.waitUntilIdle(monitor, pid)
+        // the same connection (max: 1) serves the next query
+        const rows = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT pg_backend_pid() AS pid`)
+        assert.strictEqual(rows[0]!.pid, pid)
+      }).pipe(Effect.provide(NodeTransport.layer)))
+  }
+
+  it.effect("a queued query that is interrupted never runs and cancels nothing", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+      const app = appName()
+      const table = `pgjs_queued_${process.pid}_${counter}`
+      const sql = yield* PostgresJsAdapter.make({
+        host: "127.0.0.1",
+        port: cluster.port,
+        user: "postgres",
+        database: "postgres",
+        max: 1,
+        onnotice: () => {},
+        connection: { application_name: app }
+      })
+      yield* PostgresJsAdapter.query(sql, (sql) => sql`CREATE TABLE ${sql(table)} (x int)`)
+      // A sleeps on the only connection; B queues behind it
+      const a = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT pg_sleep(60)`).pipe(Effect.forkChild)
+      const pid = yield* sleepingPid(monitor, app)
+      const b = yield* PostgresJsAdapter.query(sql, (sql) => sql`INSERT INTO ${sql(table)} VALUES (1)`).pipe(
+        Effect.forkChild
+      )
+      yield* Effect.yieldNow
+      const exitB = yield* Fiber.interrupt(b).pipe(Effect.andThen(Fiber.await(b)))
+      assert.isTrue(interruptedOnly(exitB))
+      // A was not cancelled: still sleeping
+      const still = yield* monitor.query(`SELECT wait_event FROM pg_stat_activity WHERE pid = ${pid}`)
+      assert.deepStrictEqual(still._tag === "Ok" ? still.rows : still, [["PgSleep"]])
+      // now interrupt A; B's statement never runs
+      const exitA = yield* Fiber.interrupt(a).pipe(Effect.andThen(Fiber.await(a)))
+      assert.isTrue(interruptedOnly(exitA))
+      const rows = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT count(*)::int AS n FROM ${sql(table)}`)
+      assert.strictEqual(rows[0]!.n, 0)
+      yield* PostgresJsAdapter.query(sql, (sql) => sql`DROP TABLE ${sql(table)}`)
+    }).pipe(Effect.provide(NodeTransport.layer)))
+
+  it.effect("a cancel never hits the next query: interrupts at random moments while another query waits", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      for (const ssl of [false, "require"] as const) {
+        const sql = yield* PostgresJsAdapter.make({
+          host: "127.0.0.1",
+          port: cluster.port,
+          user: "postgres",
+          database: "postgres",
+          max: 1,
+          ssl,
+          onnotice: () => {}
+        })
+        for (let round = 0; round < 25; round++) {
+          // A ends by itself within a few ms; B waits behind it on the only connection. A is interrupted around
+          // the moment it ends: its cancel must never reach B.
+          const a = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT pg_sleep(${(round % 5) / 1000})`).pipe(
+            Effect.forkChild
+          )
+          const b = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT pg_sleep(0.002), 1 AS ok`).pipe(
+            Effect.forkChild
+          )
+          yield* Effect.sleep(`${(round * 7) % 6} millis`) // varies the interleaving (no synchronisation)
+          yield* Fiber.interrupt(a)
+          const rows = yield* Fiber.join(b)
+          assert.strictEqual(rows[0]!.ok, 1)
+        }
+      }
+    }).pipe(Effect.provide(NodeTransport.layer)))
+
+  it.effect("a connection whose cancel cannot be confirmed is retired: a pool connection reconnects", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+      const app = appName()
+      const sql = yield* PostgresJsAdapter.make({
+        ...plain(cluster, app),
+        max: 1,
+        cancel: { cancelTimeout: "500 millis", drainTimeout: "1 second" }
+      })
+      const fiber = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT pg_sleep(60)`).pipe(
+        Effect.provide(refusingTransport),
+        Effect.forkChild
+      )
+      const pid = yield* sleepingPid(monitor, app)
+      const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
+      assert.isTrue(interruptedOnly(exit))
+      // the session was closed by the client, but its backend still runs the statement (ending a session does not
+      // end its query): stop it here
+      yield* monitor.query(`SELECT pg_terminate_backend(${pid})`)
+      yield* TestSession.waitUntilGone(monitor, pid)
+      // the pool's only connection reconnects: a new backend
+      const rows = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT pg_backend_pid() AS pid`)
+      assert.notStrictEqual(rows[0]!.pid, pid)
+    }).pipe(Effect.provide(NodeTransport.layer)))
+
+  it.effect("a reserved connection whose cancel cannot be confirmed is retired and never released", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+      const app = appName()
+      const sql = yield* PostgresJsAdapter.make({
+        ...plain(cluster, app),
+        max: 2,
+        cancel: { cancelTimeout: "500 millis", drainTimeout: "1 second" }
+      })
+      const reserved = yield* PostgresJsAdapter.reserve(sql)
+      const fiber = yield* PostgresJsAdapter.query(reserved, (sql) => sql`SELECT pg_sleep(60)`).pipe(
+        Effect.provide(refusingTransport),
+        Effect.forkChild
+      )
+      const pid = yield* sleepingPid(monitor, app)
+      const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
+      assert.isTrue(interruptedOnly(exit))
+      const again = yield* Effect.exit(PostgresJsAdapter.query(reserved, (sql) => sql`SELECT 1`))
+      assert.isTrue(Exit.isFailure(again) && String(Cause.squash(again.cause)).includes("retired"), String(again))
+      yield* monitor.query(`SELECT pg_terminate_backend(${pid})`)
+      yield* TestSession.waitUntilGone(monitor, pid)
+      const rows = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT 1 AS one`)
+      assert.strictEqual(rows[0]!.one, 1)
+    }).pipe(Effect.provide(NodeTransport.layer)))
+
+  it.effect("a sql that the adapter did not make is refused with a typed error", () =>
+    Effect.gen(function*() {
+      const notOurs = {} as postgres.Sql<{}>
+      const exit = yield* Effect.exit(PostgresJsAdapter.query(notOurs, (sql) => sql`SELECT 1`))
+      assert.isTrue(Exit.isFailure(exit))
+      const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
+      assert.strictEqual((error as { readonly _tag?: string })._tag, "PostgresJsAdapterError")
+    }).pipe(Effect.provide(NodeTransport.layer)))
+})
