@@ -480,7 +480,7 @@ const holdingTransport = (inner: Transport["Service"], session: () => Session | 
         fd: () => connection.fd(),
         write: (bytes) => connection.write(bytes),
         startTls: (tls) => connection.startTls(tls),
-        startGss: () => connection.startGss(),
+        startGss: (gss) => connection.startGss(gss),
         close: () => {
           connection.close()
           if (held !== undefined) release(held)
