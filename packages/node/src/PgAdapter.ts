@@ -50,15 +50,17 @@
  *
  * @since 0.1.0
  */
-import type { CancelConnection, ConnectionOptions } from "@pqcancel/core"
-import type { CancelFailed, CancelTimeout } from "@pqcancel/core/CancelError"
+import type { CancelConnection } from "@pqcancel/core"
+import { type CancelFailed, type CancelTimeout, InvalidOption } from "@pqcancel/core/CancelError"
 import * as CancelOnInterrupt from "@pqcancel/core/CancelOnInterrupt"
+import * as ConnectionOptions from "@pqcancel/core/ConnectionOptions"
 import type { Transport } from "@pqcancel/core/Transport"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as Result from "effect/Result"
 import type * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
@@ -121,6 +123,7 @@ export const connect = (config: pg.ClientConfig): Effect.Effect<pg.Client, PgQue
 interface PgPrivate {
   readonly processID?: number | null
   readonly secretKey?: number | null
+  readonly sslNegotiation?: string
   readonly _activeQuery?: unknown
   readonly activeQuery?: unknown
   readonly _queryQueue?: Array<unknown>
@@ -134,10 +137,130 @@ const privateState = (client: pg.Client) => {
   return {
     processID: p.processID,
     secretKey: p.secretKey,
+    sslNegotiation: p.sslNegotiation === "direct" ? "direct" as const : "postgres" as const,
     activeQuery: underscored ? p._activeQuery : p.activeQuery,
     queue: (underscored ? p._queryQueue : p.queryQueue) ?? [],
     sent: p._sentQueryQueue ?? []
   }
+}
+
+// node-postgres hands `ssl` to `tls.connect`: what the cancel can reuse as in-memory material
+const pemList = (value: unknown): ReadonlyArray<string | Uint8Array> | undefined | false => {
+  if (value === undefined || value === null) return undefined
+  const list: ReadonlyArray<unknown> = Array.isArray(value) ? value : [value]
+  return list.every((item) => typeof item === "string" || item instanceof Uint8Array)
+    ? list as ReadonlyArray<string | Uint8Array>
+    : false
+}
+
+const invalid = (message: string) => Result.fail(new InvalidOption({ message }))
+
+const isObject = (u: unknown): u is Readonly<Record<string, unknown>> => typeof u === "object" && u !== null
+
+/**
+ * The host name a TLS session verified: node-postgres sets `servername` to the host unless the host is an IP
+ * address, and Node checks the certificate against `servername`, else the host.
+ */
+const verifiedName = (client: pg.Client): string => {
+  const ssl: unknown = client.ssl
+  return Net.isIP(client.host) !== 0 && isObject(ssl) && typeof ssl.servername === "string"
+    ? ssl.servername
+    : client.host
+}
+
+/**
+ * The cancel's `ConnectionOptions`, derived from a `pg.Client` (connected or not) so that the cancel is never
+ * weaker than the session: its host and port, its `ssl` (the object node-postgres hands to `tls.connect`, after
+ * `connectionString` and `PGSSLMODE` were applied) and its `sslnegotiation`. `params` are libpq keywords that refine
+ * the result (e.g. `connect_timeout`, or `sslmode=verify-ca` — a weaker sslmode than derived is refused).
+ *
+ * | node-postgres client | the session | the cancel (libpq terms) |
+ * | --- | --- | --- |
+ * | no `ssl`, `ssl: false`, `sslmode=disable` | plaintext | `sslmode=disable` |
+ * | `ssl: true`; `sslmode=prefer`, `require`, `verify-ca`, `verify-full` (pg-connection-string's own meanings) | TLS, chain and host name verified | `verify-full`, `sslrootcert=system` (or the given CA) |
+ * | `ssl: { ca, cert, key, passphrase }` (strings or Buffers; `sslrootcert`/`sslcert`/`sslkey` in the URL are read into these) | TLS with that material, verified | `verify-full` with the same `sslMaterial` |
+ * | `sslmode=no-verify`, `ssl: { rejectUnauthorized: false }`, `uselibpqcompat=true` + `prefer`/`require` without root certificate | TLS, not verified | `require` |
+ * | a custom `checkServerIdentity` (e.g. `uselibpqcompat=true` + `verify-ca`) | TLS, chain verified, host name as the function decides | `verify-full` (never weaker; pass `sslmode: "verify-ca"` in `params` to match) |
+ * | `sslnegotiation: "direct"` | direct TLS, ALPN `postgresql` | `sslnegotiation=direct` |
+ * | `host` is a unix socket directory | no TLS | no TLS (libpq never negotiates on unix sockets) |
+ *
+ * node-postgres has no GSS encryption: `gssencmode=disable`.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const optionsFromClient = (
+  client: pg.Client,
+  params: Readonly<Record<string, string | undefined>> = {}
+): Effect.Effect<ConnectionOptions.ConnectionOptions, InvalidOption> =>
+  Effect.suspend(() => {
+    const result = optionsFromClientResult(client, params)
+    return Result.isFailure(result) ? Effect.fail(result.failure) : Effect.succeed(result.success)
+  })
+
+const sslRank: Record<string, number> = {
+  disable: 0,
+  allow: 1,
+  prefer: 2,
+  require: 3,
+  "verify-ca": 4,
+  "verify-full": 5
+}
+
+const optionsFromClientResult = (
+  client: pg.Client,
+  params: Readonly<Record<string, string | undefined>>
+): Result.Result<ConnectionOptions.ConnectionOptions, InvalidOption> => {
+  const ssl: unknown = client.ssl // typed boolean in @types/pg; at run time `true`, `false` or the tls options
+  const tls = isObject(ssl) ? ssl : undefined
+  const sslmode = ssl === false || ssl === undefined || ssl === null
+    ? "disable"
+    : tls?.rejectUnauthorized === false
+    ? "require"
+    : "verify-full"
+  let material: ConnectionOptions.SslMaterial | undefined
+  if (tls !== undefined && sslmode !== "disable") {
+    if (tls.pfx !== undefined) return invalid("ssl.pfx is not supported for the cancel: use ssl.ca/cert/key")
+    const ca = params.sslrootcert === undefined ? pemList(tls.ca) : undefined
+    const cert = params.sslcert === undefined ? pemList(tls.cert) : undefined
+    const keys = params.sslkey === undefined ? pemList(tls.key) : undefined
+    if (ca === false || cert === false) return invalid("ssl.ca and ssl.cert must be PEM strings or buffers")
+    if (keys === false || (keys !== undefined && keys.length !== 1)) {
+      return invalid("ssl.key must be one PEM string or buffer for the cancel")
+    }
+    const passphrase = typeof tls.passphrase === "string" ? Redacted.make(tls.passphrase) : undefined
+    if (ca !== undefined || cert !== undefined || keys !== undefined) {
+      material = {
+        ...(ca !== undefined ? { ca } : {}),
+        ...(cert !== undefined ? { cert } : {}),
+        ...(keys !== undefined ? { key: Redacted.make(keys[0]!) } : {}),
+        ...(passphrase !== undefined ? { passphrase } : {})
+      }
+    }
+  }
+  const unix = client.host.startsWith("/")
+  const base: Record<string, string | undefined> = {
+    host: unix ? client.host : verifiedName(client),
+    hostaddr: !unix && Net.isIP(client.host) !== 0 && verifiedName(client) !== client.host ? client.host : undefined,
+    port: String(client.port),
+    sslmode,
+    sslnegotiation: sslmode === "disable" ? "postgres" : privateState(client).sslNegotiation,
+    gssencmode: "disable",
+    sslrootcert: sslmode === "verify-full" && material?.ca === undefined ? "system" : undefined
+  }
+  const merged = { ...base, ...params }
+  const requested = merged.sslmode ?? sslmode
+  if (sslRank[requested] === undefined || sslRank[requested]! < sslRank[sslmode]!) {
+    // a custom checkServerIdentity may be laxer than verify-full: verify-ca is the one weaker mode allowed then
+    const customIdentity = tls !== undefined && typeof tls.checkServerIdentity === "function"
+    if (!(customIdentity && requested === "verify-ca" && sslmode === "verify-full")) {
+      return invalid(`cancel parameter sslmode=${requested} is weaker than the session's (${sslmode})`)
+    }
+  }
+  const resolved = ConnectionOptions.fromParams(merged)
+  return material === undefined || requested === "disable" || Result.isFailure(resolved)
+    ? resolved
+    : Result.succeed({ ...resolved.success, sslMaterial: material })
 }
 
 /**
@@ -171,9 +294,10 @@ export const sessionInfo = (
     if (address === undefined || stream.remotePort === undefined) {
       return Effect.fail(new PgNotConnected({ message: "connection not open" }))
     }
+    const name = verifiedName(client)
     return Effect.succeed({
       options,
-      host: { _tag: "Tcp", host: client.host, hostaddr: undefined, port: client.port },
+      host: { _tag: "Tcp", host: name, hostaddr: name === client.host ? undefined : client.host, port: client.port },
       address: { _tag: "Tcp", address, port: stream.remotePort, family: stream.remoteFamily === "IPv6" ? 6 : 4 },
       key
     })
@@ -248,51 +372,164 @@ export const isCanceled = (exit: Exit.Exit<unknown, unknown>): boolean => {
 /**
  * Runs a query; if the fiber is interrupted, cancels it on the server and waits for it to end before the
  * interruption completes. If that cannot be confirmed, the client is ended so it is never reused. Safe on a client
- * shared by many fibers: see the module documentation.
+ * shared by many fibers: see the module documentation. `options` are the cancel's connection options; `undefined`
+ * derives them from the client ({@link optionsFromClient}).
  *
  * @category combinators
  * @since 0.1.0
  */
 export const query = <R extends pg.QueryResultRow = pg.QueryResultRow>(
   client: pg.Client,
-  options: ConnectionOptions.ConnectionOptions,
+  options: ConnectionOptions.ConnectionOptions | undefined,
   text: string,
   values?: ReadonlyArray<unknown>,
   queryOptions?: QueryOptions
-): Effect.Effect<pg.QueryResult<R>, PgQueryError | PgNotConnected, Transport> =>
+): Effect.Effect<pg.QueryResult<R>, PgQueryError | PgNotConnected | InvalidOption, Transport> =>
   lockOf(client).withPermits(1)(
-    Effect.flatMap(sessionInfo(client, options), (session) => {
-      // the query object is created when the query fiber runs; `locate` may withdraw it before
-      let submitted: pg.Submittable | undefined
-      let withdrawn = false
-      const run = Effect.callback<pg.QueryResult<R>, PgQueryError>((resume) => {
-        if (withdrawn) return
-        submitted = new pg.Query<R>(text, values === undefined ? undefined : [...values], (error, result) => {
-          resume(error === undefined || error === null ? Effect.succeed(result) : Effect.fail(toQueryError(error)))
+    Effect.flatMap(
+      options === undefined
+        ? Effect.flatMap(optionsFromClient(client), (o) => sessionInfo(client, o))
+        : sessionInfo(client, options),
+      (session) => {
+        // the query object is created when the query fiber runs; `locate` may withdraw it before
+        let submitted: pg.Submittable | undefined
+        let withdrawn = false
+        const run = Effect.callback<pg.QueryResult<R>, PgQueryError>((resume) => {
+          if (withdrawn) return
+          submitted = new pg.Query<R>(text, values === undefined ? undefined : [...values], (error, result) => {
+            resume(error === undefined || error === null ? Effect.succeed(result) : Effect.fail(toQueryError(error)))
+          })
+          client.query(submitted)
         })
-        client.query(submitted)
-      })
-      const locate = (): CancelOnInterrupt.Location => {
-        if (submitted === undefined) {
-          withdrawn = true
-          return "withdrawn"
+        const locate = (): CancelOnInterrupt.Location => {
+          if (submitted === undefined) {
+            withdrawn = true
+            return "withdrawn"
+          }
+          const state = privateState(client)
+          if (state.activeQuery === submitted) return state.sent.length === 0 ? "running" : "elsewhere"
+          const index = state.queue.indexOf(submitted)
+          if (index !== -1) {
+            // still in node-postgres' queue (behind a query issued outside the adapter): it will never be written
+            state.queue.splice(index, 1)
+            return "withdrawn"
+          }
+          return "elsewhere"
         }
-        const state = privateState(client)
-        if (state.activeQuery === submitted) return state.sent.length === 0 ? "running" : "elsewhere"
-        const index = state.queue.indexOf(submitted)
-        if (index !== -1) {
-          // still in node-postgres' queue (behind a query issued outside the adapter): it will never be written
-          state.queue.splice(index, 1)
-          return "withdrawn"
-        }
-        return "elsewhere"
+        return CancelOnInterrupt.cancelOnInterrupt(run, {
+          session,
+          locate,
+          isCanceled,
+          onUnsafe: () => retire(client),
+          ...queryOptions
+        })
       }
-      return CancelOnInterrupt.cancelOnInterrupt(run, {
-        session,
-        locate,
-        isCanceled,
-        onUnsafe: () => retire(client),
-        ...queryOptions
-      })
-    })
+    )
   )
+
+// ---------------------------------------------------------------------------------------------------------------------
+// pg.Pool
+// ---------------------------------------------------------------------------------------------------------------------
+
+// check a client out; one that arrives after the fiber was interrupted goes straight back
+const checkout = (pool: pg.Pool): Effect.Effect<pg.PoolClient, PgQueryError> =>
+  Effect.callback<pg.PoolClient, PgQueryError>((resume) => {
+    let abandoned = false
+    let delivered: pg.PoolClient | undefined
+    pool.connect((error, client) => {
+      if (abandoned) return client?.release()
+      if (error !== undefined && error !== null) return resume(Effect.fail(toQueryError(error)))
+      if (client === undefined) return resume(Effect.fail(toQueryError(new Error("pool returned no client"))))
+      delivered = client
+      resume(Effect.succeed(client))
+    })
+    return Effect.sync(() => {
+      abandoned = true
+      delivered?.release()
+    })
+  })
+
+/**
+ * Whether a client must be destroyed rather than reused: the adapter retired it, it is ending, or it is inside a
+ * transaction (`BEGIN` without `COMMIT`/`ROLLBACK`, e.g. after an interruption or a failure).
+ */
+const unsafeToReuse = (client: pg.Client): boolean => {
+  if (isRetired(client)) return true
+  const status = client.getTransactionStatus()
+  return status === "T" || status === "E"
+}
+
+/**
+ * Checks a client out of a `pg.Pool`, runs `use` with it and releases it — destroyed instead of reused
+ * (`release(true)`) when it is unsafe: the adapter ended it (a query that did not end, a cancel that was not
+ * confirmed, `retireUnlessCanceled`), or it is left inside a transaction. Run the client's queries with
+ * {@link query}, so an interruption cancels them on the server.
+ *
+ * `pool.query` checks out, runs and releases a client it never shows, so nothing can cancel its query safely:
+ * use this, or {@link poolQuery}.
+ *
+ * @example
+ * ```ts
+ * import * as Effect from "effect/Effect"
+ * import { NodeTransport } from "@pqcancel/node"
+ * import * as PgAdapter from "@pqcancel/node/PgAdapter"
+ * import pg from "pg"
+ *
+ * declare const pool: pg.Pool
+ *
+ * const transfer = PgAdapter.withPoolClient(pool, (client) =>
+ *   Effect.gen(function*() {
+ *     yield* PgAdapter.query(client, undefined, "BEGIN")
+ *     yield* PgAdapter.query(client, undefined, "UPDATE account SET balance = balance - 10 WHERE id = 1")
+ *     yield* PgAdapter.query(client, undefined, "UPDATE account SET balance = balance + 10 WHERE id = 2")
+ *     yield* PgAdapter.query(client, undefined, "COMMIT")
+ *   })).pipe(
+ *     Effect.timeout("2 seconds"), // interrupted mid-transaction ⇒ cancelled, and the client is destroyed
+ *     Effect.provide(NodeTransport.layer)
+ *   )
+ * ```
+ *
+ * @category combinators
+ * @since 0.1.0
+ */
+export const withPoolClient = <A, E, R>(
+  pool: pg.Pool,
+  use: (client: pg.PoolClient) => Effect.Effect<A, E, R>
+): Effect.Effect<A, E | PgQueryError, R> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(restore(checkout(pool)), (client) =>
+      restore(Effect.suspend(() => use(client))).pipe(
+        Effect.ensuring(Effect.sync(() => client.release(unsafeToReuse(client) ? true : undefined)))
+      ))
+  )
+
+/**
+ * `pool.query` with cancel-on-interrupt: checks a client out, runs one query with {@link query} (the cancel's options
+ * derived from the client unless given) and releases the client, destroying it when it is unsafe.
+ *
+ * @example
+ * ```ts
+ * import * as Effect from "effect/Effect"
+ * import { NodeTransport } from "@pqcancel/node"
+ * import * as PgAdapter from "@pqcancel/node/PgAdapter"
+ * import pg from "pg"
+ *
+ * const pool = new pg.Pool({ connectionString: "postgres://app@db.internal/app?sslmode=verify-full" })
+ *
+ * const rows = PgAdapter.poolQuery(pool, undefined, "SELECT * FROM report($1)", [2026]).pipe(
+ *   Effect.timeout("5 seconds"), // interrupts ⇒ the backend stops, the client goes back to the pool idle
+ *   Effect.provide(NodeTransport.layer)
+ * )
+ * ```
+ *
+ * @category combinators
+ * @since 0.1.0
+ */
+export const poolQuery = <R extends pg.QueryResultRow = pg.QueryResultRow>(
+  pool: pg.Pool,
+  options: ConnectionOptions.ConnectionOptions | undefined,
+  text: string,
+  values?: ReadonlyArray<unknown>,
+  queryOptions?: QueryOptions
+): Effect.Effect<pg.QueryResult<R>, PgQueryError | PgNotConnected | InvalidOption, Transport> =>
+  withPoolClient(pool, (client) => query<R>(client, options, text, values, queryOptions))
