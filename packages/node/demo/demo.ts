@@ -2,7 +2,8 @@
  * pqcancel demo: on a throwaway embedded PostgreSQL 18 with TLS, run a slow query from a node-postgres session and
  * cancel it with pqcancel — over TLS with sslmode=verify-full, over direct TLS, over a unix socket, and by simply
  * interrupting the fiber — printing every status transition with its time, the query's SQLSTATE, and proof that
- * the session is still usable. Exits 0 and leaves nothing running.
+ * the session is still usable; then an Effect HTTP server whose @effect/sql-pg query is cancelled when the HTTP
+ * client aborts (`httpAbort.ts`). Exits 0 and leaves nothing running.
  *
  * Run it with `npx -y pnpm@10 demo`.
  */
@@ -20,6 +21,7 @@ import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import * as Fs from "node:fs"
 import type pg from "pg"
+import { httpAbortScenario } from "./httpAbort.ts"
 
 const log = (line: string) => Effect.sync(() => console.log(line))
 
@@ -125,6 +127,7 @@ const program = Effect.gen(function*() {
     `host=${cluster.socketDir} port=${cluster.port} connect_timeout=5`
   )
   yield* interruptScenario()
+  yield* httpAbortScenario()
   yield* log("\nAll cancels dispatched over the session's encryption; stopping PostgreSQL.")
 })
 
