@@ -56,7 +56,7 @@ const narratedTransport = Layer.effect(
             connection.write(bytes)
           },
           startTls: (tlsRequest) => connection.startTls(tlsRequest),
-          startGss: () => connection.startGss(),
+          startGss: (gssRequest) => connection.startGss(gssRequest),
           close: () => connection.close()
         }
       }
