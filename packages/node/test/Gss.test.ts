@@ -6,10 +6,11 @@
 import { assert, describe, layer } from "@effect/vitest"
 import { CancelKey, Protocol } from "@pqcancel/core"
 import type { CancelConnection } from "@pqcancel/core"
+import { ConnectionOptions } from "@pqcancel/core"
 import type { Transport } from "@pqcancel/core/Transport"
 import { NodeTransport } from "@pqcancel/node"
 import * as NodeGss from "@pqcancel/node/NodeGss"
-import { EmbeddedPostgres, Kerberos, TestSession } from "@pqcancel/test-utils"
+import { EmbeddedPostgres, FakePostmaster, Kerberos, TestSession } from "@pqcancel/test-utils"
 import * as Effect from "effect/Effect"
 import type * as Layer from "effect/Layer"
 import * as Net from "node:net"
@@ -74,6 +75,30 @@ const gssCancel = (
     const outcome = yield* runCancel(info).pipe(Effect.provide(transport))
     return { ...outcome, info, pending, session, monitor }
   })
+
+const SERVER_CLOSED = "server closed the connection unexpectedly\n" +
+  "\tThis probably means the server terminated abnormally\n" +
+  "\tbefore or while processing the request."
+
+/** A cancel (with the realm's credential) against a scripted fake server; what it reported and what was received */
+const fakeCancel = (script: (index: number) => ReadonlyArray<FakePostmaster.Step>, conninfo: string) =>
+  Effect.gen(function*() {
+    const fake = yield* FakePostmaster.make({ script })
+    const options = yield* ConnectionOptions.fromString(`host=localhost port=${fake.port} ${conninfo}`, {})
+    const info: CancelConnection.SessionInfo = {
+      options,
+      host: options.hosts[0]!,
+      address: { _tag: "Tcp", address: "127.0.0.1", port: fake.port, family: 4 },
+      key: CancelKey.unsafeMake({ pid: 4242, secret: new Uint8Array([9, 8, 7, 6]), protocolVersion: "3.0" })
+    }
+    const outcome = yield* runCancel(info).pipe(Effect.provide(NodeTransport.layer))
+    const count = yield* fake.connections
+    const records = yield* Effect.forEach(Array.from({ length: count }, (_, i) => i), (i) => fake.awaitFinished(i))
+    const prefix = `connection to server at "localhost" (127.0.0.1), port ${fake.port} failed: `
+    return { ...outcome, records, prefix }
+  })
+
+const kinds = (record: FakePostmaster.ConnectionRecord) => record.packets.map((p) => p.kind)
 
 if (missing !== undefined) {
   // oxlint-disable-next-line effecttsgo/no-console -- say once, in the test output, why the GSS suite is skipped
@@ -196,6 +221,77 @@ describe.skipIf(missing !== undefined)("GSSAPI encryption", () => {
         assert.isTrue(result.ok, result.error)
         assert.include(result.statuses, "GSS_STARTUP")
         yield* assertCancelled(result.pending)
+      }))
+
+    it.effect("'N' with gssencmode=require fails with libpq's text and sends no key", () =>
+      Effect.gen(function*() {
+        const result = yield* fakeCancel(
+          () => [{ expect: "gssEncRequest" }, { reply: "N" }, "awaitEof"],
+          "gssencmode=require"
+        )
+        assert.isFalse(result.ok)
+        assert.strictEqual(
+          result.error,
+          `${result.prefix}server doesn't support GSSAPI encryption, but it was required`
+        )
+        assert.deepStrictEqual(result.records.map(kinds), [["gssEncRequest"]])
+      }))
+
+    it.effect("'N' with gssencmode=prefer continues on the same socket (sslmode=disable: plaintext)", () =>
+      Effect.gen(function*() {
+        const result = yield* fakeCancel(
+          () => [{ expect: "gssEncRequest" }, { reply: "N" }, { expect: "cancelRequest" }],
+          "gssencmode=prefer sslmode=disable"
+        )
+        assert.isTrue(result.ok, result.error)
+        assert.deepStrictEqual(result.records.map(kinds), [["gssEncRequest", "cancelRequest"]])
+      }))
+
+    it.effect("'E' fails the attempt: require reports libpq's text, prefer opens a new socket", () =>
+      Effect.gen(function*() {
+        const required = yield* fakeCancel(
+          () => [{ expect: "gssEncRequest" }, { replyThenClose: "E" }],
+          "gssencmode=require"
+        )
+        assert.isFalse(required.ok)
+        assert.strictEqual(
+          required.error,
+          `${required.prefix}server sent an error response during GSS encryption exchange`
+        )
+        const preferred = yield* fakeCancel(
+          (i) => i === 0 ? [{ expect: "gssEncRequest" }, { replyThenClose: "E" }] : [{ expect: "cancelRequest" }],
+          "gssencmode=prefer sslmode=disable"
+        )
+        assert.isTrue(preferred.ok, preferred.error)
+        assert.deepStrictEqual(preferred.records.map(kinds), [["gssEncRequest"], ["cancelRequest"]])
+      }))
+
+    it.effect("bytes after 'G' (before any token) are refused: received unencrypted data", () =>
+      Effect.gen(function*() {
+        const result = yield* fakeCancel(
+          () => [{ expect: "gssEncRequest" }, { reply: "G\u0000\u0000\u0000\u0004junk" }, "awaitEof"],
+          "gssencmode=require"
+        )
+        assert.isFalse(result.ok)
+        assert.strictEqual(result.error, `${result.prefix}received unencrypted data after GSSAPI encryption response`)
+        assert.deepStrictEqual(result.records.map(kinds), [["gssEncRequest"]])
+      }))
+
+    it.effect("a server that hangs up during the GSS handshake: require fails, prefer retries on a new socket", () =>
+      Effect.gen(function*() {
+        const required = yield* fakeCancel(
+          () => [{ expect: "gssEncRequest" }, { replyThenClose: "G" }],
+          "gssencmode=require"
+        )
+        assert.isFalse(required.ok)
+        assert.strictEqual(required.error, `${required.prefix}${SERVER_CLOSED}`)
+        assert.deepStrictEqual(required.records.map(kinds), [["gssEncRequest"]])
+        const preferred = yield* fakeCancel(
+          (i) => i === 0 ? [{ expect: "gssEncRequest" }, { replyThenClose: "G" }] : [{ expect: "cancelRequest" }],
+          "gssencmode=prefer sslmode=disable"
+        )
+        assert.isTrue(preferred.ok, preferred.error)
+        assert.deepStrictEqual(preferred.records.map(kinds), [["gssEncRequest"], ["cancelRequest"]])
       }))
 
     it.effect("credentialsAvailable: the user's ticket yes, an empty cache no", () =>
