@@ -21,6 +21,7 @@ import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import * as Fs from "node:fs"
 import type pg from "pg"
+import { gssDemo } from "./gss.ts"
 import { httpAbortScenario } from "./httpAbort.ts"
 
 const log = (line: string) => Effect.sync(() => console.log(line))
@@ -128,6 +129,8 @@ const program = Effect.gen(function*() {
   )
   yield* interruptScenario()
   yield* httpAbortScenario()
+  // GSSAPI encryption on its own Kerberos realm and GSS-enabled server (skipped with a message where unavailable)
+  yield* gssDemo(scenario)
   yield* log("\nAll cancels dispatched over the session's encryption; stopping PostgreSQL.")
 })
 
