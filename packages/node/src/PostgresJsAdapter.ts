@@ -58,7 +58,7 @@ import * as Net from "node:net"
 import * as Path from "node:path"
 import * as Tls from "node:tls"
 import postgres from "postgres"
-import { fromTlsObject } from "./internal/driverTls.ts"
+import { fromPostgresJsSsl } from "./internal/driverTls.ts"
 
 // -----------------------------------------------------------------------------
 // errors
@@ -150,8 +150,10 @@ interface Managed {
   /** every socket the factory opened and that is not closed yet */
   readonly sockets: Set<Net.Socket>
   /** the cancel's options for encrypted sessions; a failure when the driver's TLS settings cannot be mapped */
-  readonly encryptedOptions: Result.Result<ConnectionOptions.ConnectionOptions, string>
+  readonly encryptedOptions: Result.Result<ConnectionOptions.ConnectionOptions, CancelError.InvalidOption>
   readonly plainOptions: ConnectionOptions.ConnectionOptions
+  /** the name an encrypted session verifies when the ssl object sets `servername` (else the host name) */
+  readonly servername: string | undefined
   readonly adapter: AdapterOptions
   readonly connectTimeoutSeconds: number
   /** set for a reserved connection */
@@ -167,39 +169,38 @@ const sessionId = (pid: number, secret: number): string => `${pid}:${secret >>> 
 // -----------------------------------------------------------------------------
 
 /**
- * The sslmode of the cancel for an encrypted postgres.js session, from its `ssl` option (see the README table):
- * `require` / `allow` / `prefer` (postgres.js sets `rejectUnauthorized: false`) ⇒ `require`; `true`,
- * `"verify-full"` (Node's default verification) ⇒ `verify-full` against Node's default roots; an options object ⇒
- * its own mapping (`internal/driverTls.ts`).
+ * The cancel's options for an encrypted postgres.js session, from its `ssl` and `sslnegotiation` option values (the
+ * README's table "postgres.js `ssl` and the cancel"): never weaker than the session. `require` / `allow` / `prefer`
+ * ⇒ `require`; `true` / `"verify-full"` ⇒ `verify-full` against Node's roots (`sslrootcert=system`); a `tls` options
+ * object ⇒ `verify-full` with its `ca`, `cert`, `key`, `passphrase`, `crl` as in-memory material (`require` with
+ * `rejectUnauthorized: false`, `verify-ca` with a custom `checkServerIdentity`); `sslnegotiation: "direct"` ⇒ direct.
+ *
+ * @example
+ * ```ts
+ * import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
+ *
+ * const options = PostgresJsAdapter.cancelTlsOptions({ ca: "-----BEGIN CERTIFICATE-----…" })
+ * // Result.succeed(options) with options.sslmode === "verify-full" and options.sslMaterial.ca set
+ * ```
+ *
+ * @category mapping
+ * @since 0.1.0
  */
-const encryptedCancelOptions = (
-  parsed: ParsedOptions,
-  connectTimeout: number
-): Result.Result<ConnectionOptions.ConnectionOptions, string> => {
-  const ssl = parsed.ssl
-  const direct = parsed.sslnegotiation === "direct"
-  const base: Record<string, string> = {
-    connect_timeout: String(connectTimeout),
-    ...(direct ? { sslnegotiation: "direct" } : {})
-  }
-  let material: ConnectionOptions.SslMaterial | undefined
-  if (ssl === "require" || ssl === "allow" || ssl === "prefer") {
-    base.sslmode = "require"
-  } else if (typeof ssl === "object" && ssl !== null) {
-    const mapped = fromTlsObject(ssl as Record<string, unknown>)
-    base.sslmode = mapped.sslmode
-    if (mapped.sslrootcert !== undefined) base.sslrootcert = mapped.sslrootcert
-    if (mapped.sslMinProtocolVersion !== undefined) base.ssl_min_protocol_version = mapped.sslMinProtocolVersion
-    if (mapped.sslMaxProtocolVersion !== undefined) base.ssl_max_protocol_version = mapped.sslMaxProtocolVersion
-    material = mapped.sslMaterial
-  } else {
-    // true, "verify-full", "verify-ca" or any other string: postgres.js leaves Node's defaults (chain and host name)
-    base.sslmode = "verify-full"
-    base.sslrootcert = "system"
-  }
-  const resolved = ConnectionOptions.fromParams(base)
-  if (Result.isFailure(resolved)) return Result.fail(resolved.failure.message)
-  return Result.succeed(material === undefined ? resolved.success : { ...resolved.success, sslMaterial: material })
+export const cancelTlsOptions = (
+  ssl: unknown,
+  sslnegotiation?: unknown,
+  connectTimeoutSeconds: number = 10
+): Result.Result<ConnectionOptions.ConnectionOptions, CancelError.InvalidOption> => {
+  const mapped = fromPostgresJsSsl(ssl, sslnegotiation)
+  return Result.map(
+    // a postgres.js session is never GSS-encrypted: neither is its cancel
+    ConnectionOptions.fromParams({
+      ...mapped.params,
+      gssencmode: "disable",
+      connect_timeout: String(connectTimeoutSeconds)
+    }),
+    (options) => mapped.sslMaterial === undefined ? options : { ...options, sslMaterial: mapped.sslMaterial }
+  )
 }
 
 // -----------------------------------------------------------------------------
@@ -523,12 +524,13 @@ const create = (urlOrOptions: string | Options, maybeOptions: Options | undefine
     ? parsed.connect_timeout
     : 30
   const cancelConnectTimeout = Math.min(connectTimeout, 10)
-  const encryptedOptions = encryptedCancelOptions(parsed, cancelConnectTimeout)
+  const encryptedOptions = cancelTlsOptions(parsed.ssl, parsed.sslnegotiation, cancelConnectTimeout)
   if (Result.isFailure(encryptedOptions) && parsed.ssl !== false && parsed.ssl !== undefined) {
-    throw new Error(`the ssl option cannot be carried over to the cancel: ${encryptedOptions.failure}`)
+    throw new Error(`the ssl option cannot be carried over to the cancel: ${encryptedOptions.failure.message}`)
   }
   const plainOptions = ConnectionOptions.fromParams({
     sslmode: "disable",
+    gssencmode: "disable",
     connect_timeout: String(cancelConnectTimeout)
   })
   if (Result.isFailure(plainOptions)) throw new Error(plainOptions.failure.message)
@@ -548,6 +550,10 @@ const create = (urlOrOptions: string | Options, maybeOptions: Options | undefine
     sockets,
     encryptedOptions,
     plainOptions: plainOptions.success,
+    servername: typeof parsed.ssl === "object" && parsed.ssl !== null &&
+        typeof (parsed.ssl as { readonly servername?: unknown }).servername === "string"
+      ? (parsed.ssl as { readonly servername: string }).servername
+      : undefined,
     adapter,
     connectTimeoutSeconds: cancelConnectTimeout,
     reserved: undefined
@@ -723,13 +729,18 @@ export const query = <T extends ReadonlyArray<postgres.MaybeRow>>(
       if (session === undefined || session.retired) return "elsewhere"
       running = session
       if (m.reserved !== undefined) m.reserved.session = session
+      // hold the session's reads from this very moment (not only once the cancel connects: getting there may yield
+      // to the event loop) until the cancel connection is closed
+      hold(session)
       return "running"
     }
     const session = (): CancelConnection.SessionInfo => {
       const s = running!
       return {
         options: s.encrypted && Result.isSuccess(m.encryptedOptions) ? m.encryptedOptions.success : m.plainOptions,
-        host: s.host,
+        host: s.encrypted && s.host._tag === "Tcp" && m.servername !== undefined
+          ? { ...s.host, host: m.servername }
+          : s.host,
         address: s.address,
         key: s.key,
         open: !s.socket.destroyed

@@ -71,6 +71,11 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
       options: (c) => ({ host: "localhost", port: c.port, ssl: { ca: ca(c) } }),
       tls: true
     },
+    {
+      name: "TLS verify-full by servername over an IP address",
+      options: (c) => ({ host: "127.0.0.1", port: c.port, ssl: { ca: ca(c), servername: "localhost" } }),
+      tls: true
+    },
     { name: "TLS require", options: (c) => ({ host: "127.0.0.1", port: c.port, ssl: "require" }), tls: true },
     {
       name: "direct TLS (sslnegotiation=direct)",

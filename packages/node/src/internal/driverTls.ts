@@ -76,3 +76,42 @@ export const fromTlsObject = (ssl: Readonly<Record<string, unknown>>): DriverTls
     sslMaxProtocolVersion: version(ssl.maxVersion)
   }
 }
+
+/**
+ * The cancel's settings for an encrypted postgres.js session, from its `ssl` and `sslnegotiation` options (the
+ * README's table): `"require"` / `"allow"` / `"prefer"` (postgres.js sets `rejectUnauthorized: false`) ⇒ `require`;
+ * `true`, `"verify-full"` or any other string (postgres.js leaves Node's defaults: chain and host name against
+ * Node's roots) ⇒ `verify-full` with `sslrootcert=system`; an options object ⇒ {@link fromTlsObject};
+ * `sslnegotiation: "direct"` ⇒ direct. A plaintext session (no `ssl`, or `prefer` refused by the server) cancels
+ * in plaintext.
+ */
+export const fromPostgresJsSsl = (
+  ssl: unknown,
+  sslnegotiation: unknown
+): {
+  readonly params: Readonly<Record<string, string>>
+  readonly sslMaterial: ConnectionOptions.SslMaterial | undefined
+} => {
+  const direct = sslnegotiation === "direct" ? { sslnegotiation: "direct" } : {}
+  if (ssl === "require" || ssl === "allow" || ssl === "prefer") {
+    return { params: { sslmode: "require", ...direct }, sslMaterial: undefined }
+  }
+  if (typeof ssl === "object" && ssl !== null) {
+    const mapped = fromTlsObject(ssl as Readonly<Record<string, unknown>>)
+    return {
+      params: {
+        sslmode: mapped.sslmode,
+        ...direct,
+        ...(mapped.sslrootcert !== undefined ? { sslrootcert: mapped.sslrootcert } : {}),
+        ...(mapped.sslMinProtocolVersion !== undefined
+          ? { ssl_min_protocol_version: mapped.sslMinProtocolVersion }
+          : {}),
+        ...(mapped.sslMaxProtocolVersion !== undefined
+          ? { ssl_max_protocol_version: mapped.sslMaxProtocolVersion }
+          : {})
+      },
+      sslMaterial: mapped.sslMaterial
+    }
+  }
+  return { params: { sslmode: "verify-full", sslrootcert: "system", ...direct }, sslMaterial: undefined }
+}
