@@ -5,6 +5,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import type { ConnectionOptions } from "@pqcancel/core"
 import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
+import * as Inspectable from "effect/Inspectable"
 import * as Redacted from "effect/Redacted"
 import * as Result from "effect/Result"
 import * as Tls from "node:tls"
@@ -54,7 +55,7 @@ describe("postgres.js ssl → the cancel's TLS options", () => {
     assert.strictEqual(material.cert, CA)
     assert.strictEqual(Redacted.value(material.key!), KEY)
     assert.strictEqual(Redacted.value(material.passphrase!), "pw")
-    const printed = `${String(material.key)} ${JSON.stringify(material)}`
+    const printed = `${Inspectable.toStringUnknown(material.key)} ${JSON.stringify(material)}`
     assert.notInclude(printed, "c2VjcmV0LWtleQ")
     assert.notInclude(printed, "\"pw\"")
   })
