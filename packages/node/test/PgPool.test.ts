@@ -24,10 +24,12 @@ const waitUntil = (what: string, probe: Effect.Effect<boolean>) =>
     })
   )
 
-const sleepingBackends = (monitor: pg.Client) =>
+// the backends sleeping in a query tagged `-- <tag>` (tests of this file run concurrently: one tag each)
+const sleepingBackends = (monitor: pg.Client, tag: string) =>
   Effect.promise(() =>
     monitor.query<{ pid: number }>(
-      "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE '%pool-test%'"
+      "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE $1",
+      [`%-- ${tag}`]
     )
   ).pipe(Effect.map((r) => r.rows.map((row) => row.pid)))
 
@@ -65,8 +67,11 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
         const fiber = yield* PgAdapter.poolQuery(pool, undefined, "SELECT pg_sleep(60) -- pool-test A").pipe(
           Effect.forkChild
         )
-        yield* waitUntil("the query to sleep", Effect.map(sleepingBackends(monitor), (pids) => pids.length === 1))
-        const [pid] = yield* sleepingBackends(monitor)
+        yield* waitUntil(
+          "the query to sleep",
+          Effect.map(sleepingBackends(monitor, "pool-test A"), (pids) => pids.length === 1)
+        )
+        const [pid] = yield* sleepingBackends(monitor, "pool-test A")
         assert.isTrue(isInterrupted(yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))))
         assert.strictEqual(pool.totalCount, 1, "the client was kept")
         assert.strictEqual(pool.idleCount, 1, "and released")
@@ -85,7 +90,10 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
             yield* PgAdapter.query(client, undefined, "SELECT pg_sleep(60) -- pool-test B")
             yield* PgAdapter.query(client, undefined, "COMMIT")
           })).pipe(Effect.forkChild)
-        yield* waitUntil("the query to sleep", Effect.map(sleepingBackends(monitor), (pids) => pids.length === 1))
+        yield* waitUntil(
+          "the query to sleep",
+          Effect.map(sleepingBackends(monitor, "pool-test B"), (pids) => pids.length === 1)
+        )
         assert.isTrue(isInterrupted(yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))))
         assert.strictEqual(pool.totalCount, 0, "destroyed: release(true)")
         const rows = yield* Effect.promise(() =>
@@ -152,18 +160,11 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
         Effect.gen(function*() {
           const { cluster, monitor } = yield* setup
           const client = yield* PgAdapter.connect(testCase.config(cluster))
-          const fiber = yield* PgAdapter.query(client, undefined, `SELECT pg_sleep(60) -- pool-test ${testCase.name}`)
+          const fiber = yield* PgAdapter.query(client, undefined, `SELECT pg_sleep(60) -- derived ${testCase.name}`)
             .pipe(Effect.forkChild)
           yield* waitUntil(
             "the query to sleep",
-            Effect.map(
-              Effect.promise(() =>
-                monitor.query("SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE $1", [
-                  `%pool-test ${testCase.name}%`
-                ])
-              ),
-              (r) => (r.rowCount ?? 0) === 1
-            )
+            Effect.map(sleepingBackends(monitor, `derived ${testCase.name}`), (pids) => pids.length === 1)
           )
           assert.isTrue(isInterrupted(yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))))
           assert.isFalse(PgAdapter.isRetired(client), "the cancel was confirmed and the query ended")
