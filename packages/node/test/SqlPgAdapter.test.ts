@@ -273,6 +273,44 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
       assert.strictEqual(proxy.connections(), 2)
     }))
 
+  it.effect("a stream the consumer stops early (Stream.take) cancels the rest of its statement", () =>
+    Effect.gen(function*() {
+      const { cancels, monitor, proxy, sql } = yield* setup(variants[1]!)
+      const pid = yield* backendPid(sql)
+      const rows = yield* sql<{ g: number }>`SELECT g, CASE WHEN g > 5000 THEN pg_sleep(60) END AS s
+        FROM generate_series(1, 10000) g`.stream.pipe(Stream.take(10), Stream.runCollect)
+      assert.deepStrictEqual(rows.map((row) => row.g), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+      // the rest of the statement was cancelled before the stream completed: the backend is idle, not sleeping
+      assert.strictEqual(yield* queryValue(monitor, `SELECT state FROM pg_stat_activity WHERE pid = ${pid}`), "idle")
+      assert.strictEqual(yield* backendPid(sql), pid)
+      assert.strictEqual(cancels(), 1)
+      assert.strictEqual(proxy.connections(), 2)
+    }))
+
+  it.effect("multiplex: shared pipelined statements are left to sql-pg; a transaction's statement is cancelled", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const { cancels, sql } = yield* makeClient({
+        host: cluster.socketDir,
+        port: cluster.port,
+        username: "postgres",
+        multiplex: true,
+        maxConnections: 1
+      })
+      const monitor = yield* monitorOf(cluster)
+      const pid = yield* backendPid(sql)
+      // inside a transaction (a reserved connection) the statement is ours alone: cancelled through pqcancel
+      const fiber = yield* sql.withTransaction(sql`SELECT pg_sleep(60)`).pipe(Effect.forkChild)
+      yield* TestSession.waitUntilSleeping(monitor, pid)
+      yield* Fiber.interrupt(fiber)
+      assert.strictEqual(cancels(), 1)
+      assert.strictEqual(yield* queryValue(monitor, `SELECT state FROM pg_stat_activity WHERE pid = ${pid}`), "idle")
+      // shared statements pipeline as with sql-pg's own client
+      const pids = yield* Effect.all(Array.from({ length: 8 }, () => backendPid(sql)), { concurrency: "unbounded" })
+      assert.deepStrictEqual(new Set(pids), new Set([pid]))
+      assert.strictEqual(cancels(), 1)
+    }))
+
   it.effect("a stream that finishes is not cancelled", () =>
     Effect.gen(function*() {
       const { cancels, proxy, sql } = yield* setup(variants[2]!)
