@@ -23,7 +23,7 @@ import * as Schema from "effect/Schema"
  * @category errors
  * @since 0.1.0
  */
-export class InvalidOption extends Schema.TaggedError<InvalidOption>()("InvalidOption", {
+export class InvalidOption extends Schema.TaggedError<InvalidOption>("@pqcancel/core/InvalidOption")("InvalidOption", {
   message: Schema.String
 }) {}
 
@@ -33,7 +33,7 @@ export class InvalidOption extends Schema.TaggedError<InvalidOption>()("InvalidO
  * @category errors
  * @since 0.1.0
  */
-export class ProtocolError extends Schema.TaggedError<ProtocolError>()("ProtocolError", {
+export class ProtocolError extends Schema.TaggedError<ProtocolError>("@pqcancel/core/ProtocolError")("ProtocolError", {
   message: Schema.String
 }) {}
 
@@ -44,9 +44,11 @@ export class ProtocolError extends Schema.TaggedError<ProtocolError>()("Protocol
  * @category errors
  * @since 0.1.0
  */
-export class CancelCreateError extends Schema.TaggedError<CancelCreateError>()("CancelCreateError", {
-  message: Schema.String
-}) {}
+export class CancelCreateError
+  extends Schema.TaggedError<CancelCreateError>("@pqcancel/core/CancelCreateError")("CancelCreateError", {
+    message: Schema.String
+  })
+{}
 
 /**
  * The cancel request failed: the cancel connection ended in `CONNECTION_BAD`. `message` is what
@@ -55,7 +57,7 @@ export class CancelCreateError extends Schema.TaggedError<CancelCreateError>()("
  * @category errors
  * @since 0.1.0
  */
-export class CancelFailed extends Schema.TaggedError<CancelFailed>()("CancelFailed", {
+export class CancelFailed extends Schema.TaggedError<CancelFailed>("@pqcancel/core/CancelFailed")("CancelFailed", {
   message: Schema.String,
   /**
    * true when sending the cancel again may succeed: the connection was refused, reset or closed early, or timed
@@ -72,7 +74,7 @@ export class CancelFailed extends Schema.TaggedError<CancelFailed>()("CancelFail
  * @category errors
  * @since 0.1.0
  */
-export class CancelTimeout extends Schema.TaggedError<CancelTimeout>()("CancelTimeout", {
+export class CancelTimeout extends Schema.TaggedError<CancelTimeout>("@pqcancel/core/CancelTimeout")("CancelTimeout", {
   message: Schema.String
 }) {}
 
@@ -93,3 +95,31 @@ export const isTransient = (error: { readonly _tag: string; readonly transient?:
  * @since 0.1.0
  */
 export type PqCancelError = InvalidOption | ProtocolError | CancelCreateError | CancelFailed | CancelTimeout
+
+/**
+ * Schema of {@link PqCancelError}: encode an error to send it to another process (a worker, a log pipeline, an RPC
+ * reply) and decode it there back into the right class. Each member carries a schema identifier
+ * (`@pqcancel/core/CancelFailed`, …), so its JSON Schema and decoding are unambiguous even beside other libraries'
+ * errors with the same `_tag`.
+ *
+ * @example
+ * ```ts
+ * import * as Schema from "effect/Schema"
+ * import { CancelError } from "@pqcancel/core"
+ *
+ * const wire = Schema.encodeSync(CancelError.PqCancelError)(new CancelError.CancelTimeout({ message: "timeout expired" }))
+ * const back = Schema.decodeUnknownSync(CancelError.PqCancelError)(wire) // a CancelTimeout again
+ * ```
+ *
+ * @category schemas
+ * @since 0.1.0
+ */
+export const PqCancelError: Schema.Union<
+  readonly [
+    typeof InvalidOption,
+    typeof ProtocolError,
+    typeof CancelCreateError,
+    typeof CancelFailed,
+    typeof CancelTimeout
+  ]
+> = Schema.Union([InvalidOption, ProtocolError, CancelCreateError, CancelFailed, CancelTimeout])

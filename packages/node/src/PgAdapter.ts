@@ -74,10 +74,12 @@ import pg from "pg"
  * @category errors
  * @since 0.1.0
  */
-export class PgQueryError extends Schema.TaggedError<PgQueryError>()("PgQueryError", {
-  message: Schema.String,
-  code: Schema.UndefinedOr(Schema.String)
-}) {}
+export class PgQueryError
+  extends Schema.TaggedError<PgQueryError>("@pqcancel/node/PgAdapter/PgQueryError")("PgQueryError", {
+    message: Schema.String,
+    code: Schema.UndefinedOr(Schema.String)
+  })
+{}
 
 /**
  * The client has no backend key or no open socket (not connected, or already ended).
@@ -85,9 +87,11 @@ export class PgQueryError extends Schema.TaggedError<PgQueryError>()("PgQueryErr
  * @category errors
  * @since 0.1.0
  */
-export class PgNotConnected extends Schema.TaggedError<PgNotConnected>()("PgNotConnected", {
-  message: Schema.String
-}) {}
+export class PgNotConnected
+  extends Schema.TaggedError<PgNotConnected>("@pqcancel/node/PgAdapter/PgNotConnected")("PgNotConnected", {
+    message: Schema.String
+  })
+{}
 
 const toQueryError = (error: unknown): PgQueryError =>
   new PgQueryError({

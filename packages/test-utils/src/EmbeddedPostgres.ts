@@ -59,10 +59,15 @@ import * as TestSession from "./TestSession.ts"
  * @category errors
  * @since 0.1.0
  */
-export class PlatformPackageMissing extends Schema.TaggedError<PlatformPackageMissing>()("PlatformPackageMissing", {
-  packageName: Schema.String,
-  message: Schema.String
-}) {}
+export class PlatformPackageMissing
+  extends Schema.TaggedError<PlatformPackageMissing>("@pqcancel/test-utils/EmbeddedPostgres/PlatformPackageMissing")(
+    "PlatformPackageMissing",
+    {
+      packageName: Schema.String,
+      message: Schema.String
+    }
+  )
+{}
 
 /**
  * The options are contradictory (e.g. `hba: "cert"` with `tls: false`).
@@ -70,9 +75,11 @@ export class PlatformPackageMissing extends Schema.TaggedError<PlatformPackageMi
  * @category errors
  * @since 0.1.0
  */
-export class InvalidOptions extends Schema.TaggedError<InvalidOptions>()("InvalidOptions", {
-  message: Schema.String
-}) {}
+export class InvalidOptions
+  extends Schema.TaggedError<InvalidOptions>("@pqcancel/test-utils/EmbeddedPostgres/InvalidOptions")("InvalidOptions", {
+    message: Schema.String
+  })
+{}
 
 /**
  * `initdb` failed; `log` holds its output.
@@ -80,11 +87,13 @@ export class InvalidOptions extends Schema.TaggedError<InvalidOptions>()("Invali
  * @category errors
  * @since 0.1.0
  */
-export class InitdbFailed extends Schema.TaggedError<InitdbFailed>()("InitdbFailed", {
-  exitCode: Schema.NullOr(Schema.Finite),
-  message: Schema.String,
-  log: Schema.String
-}) {}
+export class InitdbFailed
+  extends Schema.TaggedError<InitdbFailed>("@pqcancel/test-utils/EmbeddedPostgres/InitdbFailed")("InitdbFailed", {
+    exitCode: Schema.NullOr(Schema.Finite),
+    message: Schema.String,
+    log: Schema.String
+  })
+{}
 
 /**
  * postgres could not bind its port; `log` holds the server log.
@@ -92,11 +101,13 @@ export class InitdbFailed extends Schema.TaggedError<InitdbFailed>()("InitdbFail
  * @category errors
  * @since 0.1.0
  */
-export class PortInUse extends Schema.TaggedError<PortInUse>()("PortInUse", {
-  port: Schema.Finite,
-  message: Schema.String,
-  log: Schema.String
-}) {}
+export class PortInUse
+  extends Schema.TaggedError<PortInUse>("@pqcancel/test-utils/EmbeddedPostgres/PortInUse")("PortInUse", {
+    port: Schema.Finite,
+    message: Schema.String,
+    log: Schema.String
+  })
+{}
 
 /**
  * The server did not become ready: it exited, could not be spawned, did not log readiness within the start
@@ -105,11 +116,13 @@ export class PortInUse extends Schema.TaggedError<PortInUse>()("PortInUse", {
  * @category errors
  * @since 0.1.0
  */
-export class StartupFailed extends Schema.TaggedError<StartupFailed>()("StartupFailed", {
-  reason: Schema.Literals(["exited", "spawn", "timeout", "setup", "io"]),
-  message: Schema.String,
-  log: Schema.String
-}) {}
+export class StartupFailed
+  extends Schema.TaggedError<StartupFailed>("@pqcancel/test-utils/EmbeddedPostgres/StartupFailed")("StartupFailed", {
+    reason: Schema.Literals(["exited", "spawn", "timeout", "setup", "io"]),
+    message: Schema.String,
+    log: Schema.String
+  })
+{}
 
 /**
  * `waitForLog` gave up.
@@ -117,10 +130,12 @@ export class StartupFailed extends Schema.TaggedError<StartupFailed>()("StartupF
  * @category errors
  * @since 0.1.0
  */
-export class LogWaitTimeout extends Schema.TaggedError<LogWaitTimeout>()("LogWaitTimeout", {
-  pattern: Schema.String,
-  message: Schema.String
-}) {}
+export class LogWaitTimeout
+  extends Schema.TaggedError<LogWaitTimeout>("@pqcancel/test-utils/EmbeddedPostgres/LogWaitTimeout")("LogWaitTimeout", {
+    pattern: Schema.String,
+    message: Schema.String
+  })
+{}
 
 /**
  * Every error starting a cluster can fail with.

@@ -181,9 +181,14 @@ export interface FakePostmaster {
  * @category errors
  * @since 0.1.0
  */
-export class FakePostmasterError extends Schema.TaggedError<FakePostmasterError>()("FakePostmasterError", {
-  message: Schema.String
-}) {}
+export class FakePostmasterError
+  extends Schema.TaggedError<FakePostmasterError>("@pqcancel/test-utils/FakePostmaster/FakePostmasterError")(
+    "FakePostmasterError",
+    {
+      message: Schema.String
+    }
+  )
+{}
 
 // ---------------------------------------------------------------------------------------------------------------------
 // message helpers

@@ -47,10 +47,12 @@ import * as Wire from "./internal/wire.ts"
  * @category errors
  * @since 0.1.0
  */
-export class ConnectError extends Schema.TaggedError<ConnectError>()("ConnectError", {
-  address: Schema.String,
-  message: Schema.String
-}) {}
+export class ConnectError
+  extends Schema.TaggedError<ConnectError>("@pqcancel/test-utils/TestSession/ConnectError")("ConnectError", {
+    address: Schema.String,
+    message: Schema.String
+  })
+{}
 
 /**
  * TLS could not be established: the server answered `N` to an SSLRequest, or the handshake (certificate
@@ -59,7 +61,7 @@ export class ConnectError extends Schema.TaggedError<ConnectError>()("ConnectErr
  * @category errors
  * @since 0.1.0
  */
-export class TlsError extends Schema.TaggedError<TlsError>()("TlsError", {
+export class TlsError extends Schema.TaggedError<TlsError>("@pqcancel/test-utils/TestSession/TlsError")("TlsError", {
   message: Schema.String
 }) {}
 
@@ -70,11 +72,13 @@ export class TlsError extends Schema.TaggedError<TlsError>()("TlsError", {
  * @category errors
  * @since 0.1.0
  */
-export class StartupRejected extends Schema.TaggedError<StartupRejected>()("StartupRejected", {
-  severity: Schema.String,
-  sqlstate: Schema.String,
-  message: Schema.String
-}) {}
+export class StartupRejected
+  extends Schema.TaggedError<StartupRejected>("@pqcancel/test-utils/TestSession/StartupRejected")("StartupRejected", {
+    severity: Schema.String,
+    sqlstate: Schema.String,
+    message: Schema.String
+  })
+{}
 
 /**
  * Authentication could not be carried out by this client: unsupported method, missing password, or the server's
@@ -83,9 +87,11 @@ export class StartupRejected extends Schema.TaggedError<StartupRejected>()("Star
  * @category errors
  * @since 0.1.0
  */
-export class AuthError extends Schema.TaggedError<AuthError>()("AuthError", {
-  message: Schema.String
-}) {}
+export class AuthError
+  extends Schema.TaggedError<AuthError>("@pqcancel/test-utils/TestSession/AuthError")("AuthError", {
+    message: Schema.String
+  })
+{}
 
 /**
  * The server sent something this client does not accept (unexpected message, invalid BackendKeyData, plaintext
@@ -94,9 +100,11 @@ export class AuthError extends Schema.TaggedError<AuthError>()("AuthError", {
  * @category errors
  * @since 0.1.0
  */
-export class ProtocolError extends Schema.TaggedError<ProtocolError>()("ProtocolError", {
-  message: Schema.String
-}) {}
+export class ProtocolError
+  extends Schema.TaggedError<ProtocolError>("@pqcancel/test-utils/TestSession/ProtocolError")("ProtocolError", {
+    message: Schema.String
+  })
+{}
 
 /**
  * The connection ended while a message was expected (server crash, `pg_terminate_backend`, RST, …).
@@ -104,9 +112,11 @@ export class ProtocolError extends Schema.TaggedError<ProtocolError>()("Protocol
  * @category errors
  * @since 0.1.0
  */
-export class SessionClosed extends Schema.TaggedError<SessionClosed>()("SessionClosed", {
-  message: Schema.String
-}) {}
+export class SessionClosed
+  extends Schema.TaggedError<SessionClosed>("@pqcancel/test-utils/TestSession/SessionClosed")("SessionClosed", {
+    message: Schema.String
+  })
+{}
 
 /**
  * A bounded wait (`waitUntilSleeping`, `waitUntilIdle`, `waitUntil`) gave up.
@@ -114,9 +124,11 @@ export class SessionClosed extends Schema.TaggedError<SessionClosed>()("SessionC
  * @category errors
  * @since 0.1.0
  */
-export class WaitTimeout extends Schema.TaggedError<WaitTimeout>()("WaitTimeout", {
-  message: Schema.String
-}) {}
+export class WaitTimeout
+  extends Schema.TaggedError<WaitTimeout>("@pqcancel/test-utils/TestSession/WaitTimeout")("WaitTimeout", {
+    message: Schema.String
+  })
+{}
 
 /**
  * Every error `connect` can fail with.
