@@ -41,6 +41,7 @@ import * as Tracer from "effect/Tracer"
 import { CancelCreateError, CancelFailed, CancelTimeout, isTransient } from "./CancelError.ts"
 import type { CancelKey } from "./CancelKey.ts"
 import * as CancelMachine from "./CancelMachine.ts"
+import * as CancelMetrics from "./CancelMetrics.ts"
 import type { ConnectionOptions, HostEntry } from "./ConnectionOptions.ts"
 import * as ConnectionOptionsNs from "./ConnectionOptions.ts"
 import { Driver } from "./internal/driver.ts"
@@ -398,8 +399,9 @@ export const cancel = (
 
 // what a trace may show: where the cancel went and how; never the key. Without a tracing backend (Effect's
 // in-memory native tracer) or with tracing disabled, no span is made at all.
-const traced = <A, E, R>(session: SessionInfo, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-  Effect.withFiber((fiber) =>
+const traced = <A, E, R>(session: SessionInfo, untracked: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
+  const effect = CancelMetrics.trackCancel(session)(untracked) // pqcancel.cancels + .cancel.duration (CancelMetrics.ts)
+  return Effect.withFiber((fiber) =>
     fiber.getRef(Tracer.Tracer) === Tracer.nativeTracer || !fiber.getRef(References.TracerEnabled)
       ? effect
       : Effect.withSpan(effect, "pqcancel.cancel", {
@@ -413,6 +415,7 @@ const traced = <A, E, R>(session: SessionInfo, effect: Effect.Effect<A, E, R>): 
         }
       })
   )
+}
 
 /**
  * Cancel what many sessions are running (e.g. at shutdown), at most `concurrency` at a time (default 32) so the

@@ -59,6 +59,7 @@ import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as CancelConnection from "./CancelConnection.ts"
 import { type CancelCreateError, type CancelFailed, type CancelTimeout, isTransient } from "./CancelError.ts"
+import * as CancelMetrics from "./CancelMetrics.ts"
 import type { Transport } from "./Transport.ts"
 
 /**
@@ -164,7 +165,7 @@ export const cancelOnInterrupt = <A, E, R>(
 const afterInterrupt = Effect.fnUntraced(function*<A, E>(fiber: Fiber.Fiber<A, E>, options: Options) {
   if (fiber.pollUnsafe() !== undefined) return
   const locate = options.locate ?? (() => "running" as const)
-  const onUnsafe = options.onUnsafe ?? (() => Effect.void)
+  const onUnsafe = CancelMetrics.countRetired(options.session, options.onUnsafe) // pqcancel.sessions.retired
   const drainTimeout = Duration.fromInputUnsafe(options.drainTimeout ?? Duration.seconds(5))
   const where = locate()
   if (where === "withdrawn") return yield* Fiber.interrupt(fiber)

@@ -28,6 +28,11 @@ export * as CancelKey from "./CancelKey.ts"
 /**
  * @since 0.1.0
  */
+export * as CancelMetrics from "./CancelMetrics.ts"
+
+/**
+ * @since 0.1.0
+ */
 export * as CancelMachine from "./CancelMachine.ts"
 
 /**
