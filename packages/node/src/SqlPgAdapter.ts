@@ -83,9 +83,14 @@ export const testedVersions = "~4.0.5"
  * @category errors
  * @since 0.1.0
  */
-export class SqlPgInternalsChanged extends Schema.TaggedError<SqlPgInternalsChanged>()("SqlPgInternalsChanged", {
-  message: Schema.String
-}) {}
+export class SqlPgInternalsChanged
+  extends Schema.TaggedError<SqlPgInternalsChanged>("@pqcancel/node/SqlPgAdapter/SqlPgInternalsChanged")(
+    "SqlPgInternalsChanged",
+    {
+      message: Schema.String
+    }
+  )
+{}
 
 /**
  * What the private read found on a live connection. The socket is kept only to retire the session (destroy it) when

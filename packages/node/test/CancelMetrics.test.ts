@@ -113,6 +113,7 @@ describe("CancelMetrics on faults", () => {
         const query = Effect.andThen(Deferred.succeed(started, undefined), Effect.never)
         const fiber = yield* CancelOnInterrupt.cancelOnInterrupt(query, {
           session: info,
+          cancelTimeout: "300 millis", // the refused cancel is retried (transient) until then
           drainTimeout: "1 second",
           onUnsafe: () =>
             Effect.sync(() => {
@@ -124,7 +125,8 @@ describe("CancelMetrics on faults", () => {
         assert.strictEqual(retired, 1) // the cancel failed: retired once, before the drain wait
         assert.strictEqual(yield* count(CancelMetrics.sessionsRetired("tcp", "require", "cancel_not_confirmed")), 1)
         assert.strictEqual(yield* count(CancelMetrics.sessionsRetired("tcp", "require", "query_did_not_end")), 0)
-        assert.strictEqual(yield* count(CancelMetrics.cancels("tcp", "require", "failed")), 1)
+        assert.isAtLeast(yield* count(CancelMetrics.cancels("tcp", "require", "failed")), 1)
+        assert.strictEqual(yield* count(CancelMetrics.cancels("tcp", "require", "dispatched")), 0)
       }).pipe(withRegistry))
   })
 })
