@@ -21,6 +21,8 @@
  *
  * @since 0.1.0
  */
+import * as Config from "effect/Config"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
 import * as Base64 from "effect/encoding/Base64"
 import * as Redacted from "effect/Redacted"
@@ -808,3 +810,83 @@ export const fromStringResult = (s: string, env: Env = {}): Result.Result<Connec
  */
 export const fromString = (s: string, env: Env = {}): Effect.Effect<ConnectionOptions, InvalidOption> =>
   Effect.suspend(() => Effect.fromResult(fromStringResult(s, env)))
+
+// -----------------------------------------------------------------------------
+// Effect Config
+// -----------------------------------------------------------------------------
+
+/** `PGSSLPASSWORD`: not a libpq variable (libpq reads `sslpassword` only from the connection string). */
+const SSL_PASSWORD_VARIABLE = "PGSSLPASSWORD"
+
+/** Every variable {@link config} reads; `PGSSLPASSWORD` as a `Redacted`. */
+const configVariables: Config.Config<Env> = Config.all([
+  ...internal.KEYWORDS.flatMap((k) =>
+    k.envvar === undefined || k.keyword === "password"
+      ? []
+      : [Config.map(Config.option(Config.String(k.envvar)), (value) => [k.envvar!, value] as const)]
+  ),
+  Config.map(Config.option(Config.String("PGREQUIRESSL")), (value) => ["PGREQUIRESSL", value] as const)
+]).pipe(
+  Config.map((entries): Env => {
+    const env: Record<string, string> = {}
+    for (const [name, value] of entries) if (value._tag === "Some") env[name] = value.value
+    return env
+  })
+)
+
+/**
+ * The options from Effect `Config`: the `PG*` variables (`PGHOST`, `PGPORT`, `PGSSLMODE`, `PGSSLROOTCERT`,
+ * `PGCONNECT_TIMEOUT`, … — see {@link environmentVariables}) read through the current `ConfigProvider` (by default
+ * the process environment), applied to `conninfo` (default "") exactly as {@link fromString} applies an `env`:
+ * the same parser, precedence (string > variable > built-in default) and validation, so an invalid value fails with
+ * libpq's message (as a `ConfigError` whose cause is the {@link InvalidOption}).
+ *
+ * Secrets stay `Redacted`: `PGSSLPASSWORD` (the client key's passphrase — an addition: libpq reads `sslpassword`
+ * only from the connection string) is read with `Config.Redacted` and becomes `sslpassword`; `PGPASSWORD` is not
+ * read at all (a cancel never authenticates). A `sslpassword` in `conninfo` wins over `PGSSLPASSWORD`.
+ *
+ * One difference from `fromString(conninfo, process.env)`: a variable set to "" is unset for a `ConfigProvider`
+ * (libpq counts it as set, so `PGSSLMODE=""` fails there and takes the default here).
+ *
+ * @example
+ * ```ts
+ * import * as ConfigProvider from "effect/ConfigProvider"
+ * import * as Effect from "effect/Effect"
+ * import { ConnectionOptions } from "@pqcancel/core"
+ *
+ * const program = Effect.gen(function*() {
+ *   const options = yield* ConnectionOptions.config("connect_timeout=5") // PGHOST, PGSSLMODE, … from the provider
+ *   return options.sslmode // "verify-full"
+ * }).pipe(
+ *   Effect.provideService(
+ *     ConfigProvider.ConfigProvider,
+ *     ConfigProvider.fromEnv({ env: { PGHOST: "db.internal", PGSSLMODE: "verify-full" } })
+ *   )
+ * )
+ * ```
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const config = (conninfo: string = ""): Config.Config<ConnectionOptions> =>
+  Config.all([configVariables, Config.option(Config.Redacted(SSL_PASSWORD_VARIABLE))]).pipe(
+    Config.mapEffect(([env, sslPassword]) => {
+      const result = Result.flatMap(internal.parse(conninfo), (raw) => {
+        const defaulted = internal.withDefaults(raw, env)
+        return Result.map(
+          resolve(defaulted),
+          (options): ConnectionOptions =>
+            options.sslpassword !== undefined || sslPassword._tag === "None"
+              ? options
+              : { ...options, sslpassword: Redacted.make(Redacted.value(sslPassword.value), { label: "sslpassword" }) }
+        )
+      })
+      return Result.isSuccess(result)
+        ? Effect.succeed(result.success)
+        : Effect.fail(
+          new Config.ConfigError(
+            new ConfigProvider.SourceError({ message: result.failure.message, cause: result.failure })
+          )
+        )
+    })
+  )
