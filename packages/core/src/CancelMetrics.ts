@@ -235,11 +235,12 @@ export const trackCancel = (session: Labelled) => <A, E, R>(self: Effect.Effect<
  * @since 0.1.0
  */
 export const countRetired = <Reason extends { readonly _tag: "CancelNotConfirmed" | "QueryDidNotEnd" | "NotCanceled" }>(
-  session: Labelled,
+  session: Labelled | (() => Labelled),
   onUnsafe: ((reason: Reason) => Effect.Effect<void>) | undefined
 ) =>
 (reason: Reason): Effect.Effect<void> => {
-  const series = retiredSeries[transportOf(session)][session.options.sslmode]?.[reasonOf[reason._tag]]
+  const current = typeof session === "function" ? session() : session
+  const series = retiredSeries[transportOf(current)][current.options.sslmode]?.[reasonOf[reason._tag]]
   const counted = series === undefined ? Effect.void : Metric.update(series, 1)
   return onUnsafe === undefined ? counted : Effect.andThen(counted, onUnsafe(reason))
 }

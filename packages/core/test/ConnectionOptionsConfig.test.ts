@@ -68,7 +68,7 @@ describe("ConnectionOptions.config", () => {
       assert.isDefined(options.sslpassword)
       assert.strictEqual(Redacted.value(options.sslpassword!), "key-passphrase")
       // oxlint-disable-next-line effecttsgo/prefer-schema-over-json -- what a log line would show
-      const shown = `${JSON.stringify(options)} ${String(options.sslpassword)}`
+      const shown = `${JSON.stringify(options)} ${Redacted.isRedacted(options.sslpassword) ? "redacted" : "plain"}`
       assert.notInclude(shown, "key-passphrase")
       assert.notInclude(shown, "login-password")
 
