@@ -512,7 +512,8 @@ export const spawnWatchdog = (config: WatchdogConfig): Effect.Effect<Watchdog, S
         w.exited = true
         w.signal.notify()
       })
-      child.once("exit", () => {
+      // "close", not "exit": every byte the watchdog and its steps wrote to stderr has been read by then
+      child.once("close", () => {
         w.exited = true
         w.signal.notify()
       })
@@ -552,7 +553,21 @@ export const stopWatchdog = (w: Watchdog, root: string): Effect.Effect<void> =>
   )
 
 /** @internal */
-export const findExit = (w: Watchdog, name: string) =>
+export /** The same error with the complete server log (read after the watchdog closed its stderr). */
+const withFinalLog = (error: EmbeddedPostgresError, log: string): EmbeddedPostgresError => {
+  switch (error._tag) {
+    case "InitdbFailed":
+      return new InitdbFailed({ exitCode: error.exitCode, message: error.message, log })
+    case "PortInUse":
+      return new PortInUse({ port: error.port, message: error.message, log })
+    case "StartupFailed":
+      return new StartupFailed({ reason: error.reason, message: error.message, log })
+    default:
+      return error
+  }
+}
+
+const findExit = (w: Watchdog, name: string) =>
   w.events.find((e): e is Extract<WatchdogEvent, { event: "exited" }> => e.event === "exited" && e.name === name)
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -725,7 +740,8 @@ const startOnce = Effect.fnUntraced(function*(
   )
   if (outcome._tag === "Failed") {
     yield* stopWatchdog(watchdog, root)
-    return yield* outcome.error
+    // the exit event and the failing step's output travel on different pipes: attach the log read to the end
+    return yield* withFinalLog(outcome.error, logText())
   }
 
   const socketPath = Path.join(root, `.s.PGSQL.${port}`)
