@@ -91,9 +91,59 @@ export const credentialsAvailable = (options?: Options): Effect.Effect<boolean> 
     const api = loadApi(options)
     if (api === undefined) return Effect.succeed(false)
     return Effect.callback<boolean>((resume) => {
-      api.acquireCred(options?.ccache, (cred) => {
-        if (cred !== undefined) api.releaseCred(cred)
-        resume(Effect.succeed(cred !== undefined))
+      acquire(api, options?.ccache, (available) => resume(Effect.succeed(available)))
+    })
+  })
+
+interface CachedCheck {
+  available: boolean
+  at: number
+  refreshing: boolean
+}
+
+const recentChecks = new Map<string, CachedCheck>()
+
+// a result younger than this is used as is; older ones (up to STALE_MS) are used while a check refreshes them
+const FRESH_MS = 1_000
+const STALE_MS = 10_000
+
+const acquire = (api: Gss.GssApi, ccache: string | undefined, done: (available: boolean) => void): void =>
+  api.acquireCred(ccache, (cred) => {
+    if (cred !== undefined) api.releaseCred(cred)
+    done(cred !== undefined)
+  })
+
+/**
+ * {@link credentialsAvailable} for `gssencmode=prefer`, where an answer a few seconds old is as good as a new one: a
+ * credential check costs the GSSAPI library ~0.2-0.3 ms (a Kerberos context per call), which libpq pays on every
+ * connection but a cancel should not. A result younger than 1 s is reused; one up to 10 s old is reused while a
+ * check refreshes it in the background; older ones are checked again. Keyed by the credential cache and the Kerberos
+ * environment (`KRB5CCNAME`, `KRB5_CONFIG`). `gssencmode=require` always uses the exact check.
+ *
+ * @internal
+ */
+export const credentialsAvailableRecent = (options?: Options): Effect.Effect<boolean> =>
+  Effect.suspend(() => {
+    const api = loadApi(options)
+    if (api === undefined) return Effect.succeed(false)
+    const ccache = options?.ccache
+    // oxlint-disable-next-line effecttsgo/process-env -- the GSSAPI library reads these; they key its answer
+    const key = `${api.library}\0${ccache ?? process.env["KRB5CCNAME"] ?? ""}\0${process.env["KRB5_CONFIG"] ?? ""}`
+    const cached = recentChecks.get(key)
+    const now = Date.now()
+    if (cached !== undefined && now - cached.at < STALE_MS) {
+      if (now - cached.at >= FRESH_MS && !cached.refreshing) {
+        cached.refreshing = true
+        acquire(api, ccache, (available) => {
+          recentChecks.set(key, { available, at: Date.now(), refreshing: false })
+        })
+      }
+      return Effect.succeed(cached.available)
+    }
+    return Effect.callback<boolean>((resume) => {
+      acquire(api, ccache, (available) => {
+        recentChecks.set(key, { available, at: Date.now(), refreshing: false })
+        resume(Effect.succeed(available))
       })
     })
   })

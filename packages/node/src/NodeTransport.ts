@@ -451,6 +451,10 @@ const connect = (
   gss: NodeGss.Options | false = {}
 ): TransportNs.Connection => new NodeConnection(request, sink, gss)
 
+// require: the exact check (its absence is an error); prefer: a recent answer will do (see NodeGss)
+const gssCredentials = (options: ConnectionOptions.ConnectionOptions, gss: NodeGss.Options): Effect.Effect<boolean> =>
+  options.gssencmode === "require" ? NodeGss.credentialsAvailable(gss) : NodeGss.credentialsAvailableRecent(gss)
+
 /**
  * The Node transport.
  *
@@ -460,7 +464,7 @@ const connect = (
 export const make: Transport["Service"] = Transport.of({
   connect: (request, sink) => connect(request, sink),
   // libpq's pg_GSS_have_cred_cache through NodeGss (false without koffi or the GSSAPI library)
-  gssCredentialsAvailable: () => NodeGss.credentialsAvailable()
+  gssCredentialsAvailable: (options) => gssCredentials(options, {})
 })
 
 /**
@@ -483,7 +487,8 @@ export const makeWith = (options: { readonly gss?: NodeGss.Options | false | und
   const gss = options.gss ?? {}
   return Transport.of({
     connect: (request, sink) => connect(request, sink, gss),
-    gssCredentialsAvailable: () => gss === false ? Effect.succeed(false) : NodeGss.credentialsAvailable(gss)
+    gssCredentialsAvailable: (connectionOptions) =>
+      gss === false ? Effect.succeed(false) : gssCredentials(connectionOptions, gss)
   })
 }
 

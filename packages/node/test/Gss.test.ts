@@ -300,6 +300,11 @@ describe.skipIf(missing !== undefined)("GSSAPI encryption", () => {
         assert.isTrue(yield* NodeGss.credentialsAvailable())
         assert.isTrue(yield* NodeGss.credentialsAvailable({ ccache: realm.ccache }))
         assert.isFalse(yield* NodeGss.credentialsAvailable({ ccache: realm.emptyCcache }))
+        // the recent-answer variant used for gssencmode=prefer agrees, fresh and cached
+        for (let i = 0; i < 2; i++) {
+          assert.isTrue(yield* NodeGss.credentialsAvailableRecent({ ccache: realm.ccache }))
+          assert.isFalse(yield* NodeGss.credentialsAvailableRecent({ ccache: realm.emptyCcache }))
+        }
       }))
   })
 })
