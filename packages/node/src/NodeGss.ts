@@ -59,6 +59,20 @@ export interface Options {
 const libraries = (options: Options | undefined): ReadonlyArray<string> | undefined =>
   options?.library === undefined ? undefined : typeof options.library === "string" ? [options.library] : options.library
 
+/**
+ * PostgreSQL's GSS framing on a socket (what NodeTransport runs after the server's 'G'), for tests.
+ *
+ * @internal
+ */
+export * as Channel from "./internal/gssChannel.ts"
+
+/**
+ * The bound GSSAPI library, for tests.
+ *
+ * @internal
+ */
+export type { GssApi } from "./internal/gssapi.ts"
+
 /** @internal */
 export const loadApi = (options: Options | undefined): Gss.GssApi | undefined => Gss.load(libraries(options))
 
