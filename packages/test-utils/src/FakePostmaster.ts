@@ -36,9 +36,10 @@ import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
-import * as Stream from "node:stream"
+import type * as Stream from "node:stream"
 import * as Tls from "node:tls"
 import * as Url from "node:url"
+import { replayDuplex } from "./internal/replayDuplex.ts"
 import { Signal } from "./internal/signal.ts"
 import * as Wire from "./internal/wire.ts"
 
@@ -281,37 +282,6 @@ const snapshot = (r: MutableRecord): ConnectionRecord => {
 }
 
 class Ended extends Data.TaggedError("Ended")<{ readonly outcome: Outcome; readonly detail: string }> {}
-
-/**
- * A duplex that replays `prefix` and then the socket's bytes: lets the TLS layer see bytes we already consumed
- * (the ClientHello of a direct TLS connection) and keeps every raw byte visible to the recorder.
- */
-const replayDuplex = (socket: Net.Socket, prefix: Buffer, record: (b: Buffer) => void): Stream.Duplex => {
-  const duplex = new Stream.Duplex({
-    read() {
-      socket.resume()
-    },
-    write(chunk: Buffer, _encoding, callback) {
-      socket.write(chunk, callback)
-    },
-    final(callback) {
-      socket.end()
-      callback()
-    },
-    destroy(error, callback) {
-      socket.destroy()
-      callback(error)
-    }
-  })
-  if (prefix.length > 0) duplex.push(prefix)
-  socket.on("data", (chunk: Buffer) => {
-    record(chunk)
-    if (!duplex.push(chunk)) socket.pause()
-  })
-  socket.on("end", () => duplex.push(null))
-  socket.on("close", () => duplex.destroy())
-  return duplex
-}
 
 const handle = (socket: Net.Socket, r: MutableRecord, steps: ReadonlyArray<Step>, signal: Signal) => {
   const reader = new Wire.StreamReader()

