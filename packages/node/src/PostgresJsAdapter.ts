@@ -542,7 +542,11 @@ const create = (urlOrOptions: string | Options, maybeOptions: Options | undefine
     ssl: false,
     socket: socketFactory(parsed, sessions, sockets, connectTimeout),
     // one query written at a time per connection: a cancel can only hit the query it is meant for
-    max_pipeline: 0
+    max_pipeline: 0,
+    // the factory tries every host; postgres.js sees one (with several and a socket factory, it swallows a failed
+    // connection attempt and leaves the query waiting forever)
+    host: parsed.host[0],
+    port: parsed.port[0]
   } as postgres.Options<{}>
   const sql = url === undefined ? postgres(driverConfig) : postgres(url, driverConfig)
   managed.set(sql, {

@@ -15,6 +15,7 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Fs from "node:fs"
+import * as Net from "node:net"
 import type postgres from "postgres"
 
 let counter = 0
@@ -46,6 +47,17 @@ const plain = (c: EmbeddedPostgres.Cluster, app: string): PostgresJsAdapter.Opti
   onnotice: () => {},
   connection: { application_name: app }
 })
+
+/** a loopback port nothing listens on */
+const closedPort = Effect.promise(() =>
+  new Promise<number>((resolve) => {
+    const server = Net.createServer()
+    server.listen(0, "127.0.0.1", () => {
+      const port = (server.address() as Net.AddressInfo).port
+      server.close(() => resolve(port))
+    })
+  })
+)
 
 /** a transport whose every connection is refused: a cancel can never be confirmed */
 const refusingTransport = Layer.succeed(
@@ -119,6 +131,48 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
         assert.strictEqual(rows[0]!.pid, pid)
       }).pipe(Effect.provide(NodeTransport.layer)))
   }
+
+  it.effect("several hosts: the first refuses, the second serves, and the cancel reaches the session's address", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+      const closed = yield* closedPort
+      const app = appName()
+      const sql = yield* PostgresJsAdapter.make(
+        `postgres://postgres@127.0.0.1:${closed},localhost:${cluster.port}/postgres?sslmode=require`,
+        { max: 1, onnotice: () => {}, connection: { application_name: app } }
+      )
+      let captured: Promise<unknown> | undefined
+      const fiber = yield* PostgresJsAdapter.query(sql, (sql) => {
+        const q = sql`SELECT pg_sleep(60)`
+        captured = q.catch((error: unknown) => error)
+        return q
+      }).pipe(Effect.forkChild)
+      const pid = yield* sleepingPid(monitor, app)
+      const ssl = yield* monitor.query(`SELECT ssl FROM pg_stat_ssl WHERE pid = ${pid}`)
+      assert.deepStrictEqual(ssl._tag === "Ok" ? ssl.rows : ssl, [["t"]])
+      assert.isTrue(interruptedOnly(yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))))
+      assert.strictEqual(((yield* Effect.promise(() => captured!)) as { readonly code?: string }).code, "57014")
+      yield* TestSession.waitUntilIdle(monitor, pid)
+    }).pipe(Effect.provide(NodeTransport.layer)))
+
+  it.effect("no host reachable: the query fails with a typed error (it does not wait forever)", () =>
+    Effect.gen(function*() {
+      const closed = yield* closedPort
+      const sql = yield* PostgresJsAdapter.make(
+        `postgres://postgres@127.0.0.1:${closed},127.0.0.1:${closed}/postgres`,
+        {
+          max: 1,
+          connect_timeout: 5,
+          onnotice: () => {}
+        }
+      )
+      const exit = yield* Effect.exit(PostgresJsAdapter.query(sql, (sql) => sql`SELECT 1`))
+      assert.isTrue(Exit.isFailure(exit))
+      const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
+      assert.strictEqual((error as { readonly _tag?: string })._tag, "PostgresJsQueryError")
+      assert.include(String((error as { readonly message?: string }).message), `port ${closed} failed`)
+    }).pipe(Effect.provide(NodeTransport.layer)))
 
   it.effect("a queued query that is interrupted never runs and cancels nothing", () =>
     Effect.gen(function*() {
