@@ -1,0 +1,149 @@
+/**
+ * The driver of CancelConnection against a scripted fake Transport (no network): a transport may report events
+ * synchronously from inside `connect` or `write` (re-entrant), the one-shot `cancel` closes its socket on success,
+ * failure, timeout and interruption, and `start` + `poll` apply one event per poll.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { CancelConnection, CancelKey, ConnectionOptions } from "@pqcancel/core"
+import { Transport } from "@pqcancel/core/Transport"
+import type * as TransportNs from "@pqcancel/core/Transport"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Result from "effect/Result"
+
+interface Script {
+  /** what the fake reports on connect; undefined: nothing (a server that never answers) */
+  readonly onConnect?: TransportNs.TransportEvent | undefined
+  /** what the fake reports when the CancelRequest is written */
+  readonly onWrite?: TransportNs.TransportEvent | undefined
+  /** report synchronously, from inside connect / write (true), or on a later macrotask (false) */
+  readonly sync: boolean
+}
+
+const fake = (script: Script) => {
+  const log = { opened: 0, closed: 0, written: 0 }
+  const service = Transport.of({
+    connect: (_request, sink) => {
+      log.opened++
+      let closed = false
+      const report = (event: TransportNs.TransportEvent | undefined) => {
+        if (event === undefined) return
+        if (script.sync) sink(event)
+        else setTimeout(() => closed || sink(event), 0)
+      }
+      const connection: TransportNs.Connection = {
+        fd: () => closed ? -1 : 42,
+        write: () => {
+          log.written++
+          report(script.onWrite)
+        },
+        startTls: () => sink({ _tag: "TlsFailed", message: "no TLS here" }),
+        startGss: () => sink({ _tag: "GssFailed", message: "no GSS here" }),
+        close: () => {
+          if (!closed) log.closed++
+          closed = true
+        }
+      }
+      report(script.onConnect)
+      return connection
+    },
+    gssCredentialsAvailable: () => Effect.succeed(false)
+  })
+  return { service, log }
+}
+
+const options = Result.getOrThrow(ConnectionOptions.fromStringResult("host=127.0.0.1 port=5432 sslmode=disable", {}))
+const session: CancelConnection.SessionInfo = {
+  options,
+  host: options.hosts[0]!,
+  address: { _tag: "Tcp", address: "127.0.0.1", port: 5432, family: 4 },
+  key: CancelKey.unsafeMake({ pid: 7, secret: new Uint8Array([1, 2, 3, 4]), protocolVersion: "3.0" })
+}
+
+const connected: TransportNs.TransportEvent = { _tag: "Connected" }
+const eof: TransportNs.TransportEvent = { _tag: "Eof" }
+
+describe("CancelConnection with a fake transport", () => {
+  for (const sync of [true, false]) {
+    const how = sync ? "synchronously" : "asynchronously"
+    it.live(`cancel: a transport that reports ${how} — OK, one socket, closed`, () =>
+      Effect.gen(function*() {
+        const { log, service } = fake({ onConnect: connected, onWrite: eof, sync })
+        yield* CancelConnection.cancel(session).pipe(Effect.provideService(Transport, service))
+        assert.deepStrictEqual(log, { opened: 1, closed: 1, written: 1 })
+      }))
+
+    it.live(`start + poll: a transport that reports ${how} — one event per poll, then OK`, () =>
+      Effect.gen(function*() {
+        const { log, service } = fake({ onConnect: connected, onWrite: eof, sync })
+        const polled = yield* Effect.scoped(Effect.gen(function*() {
+          const connection = yield* CancelConnection.make(session)
+          yield* connection.start
+          const seen: Array<string> = []
+          let status = yield* connection.poll
+          seen.push(status)
+          while (status === "READING" || status === "WRITING") {
+            status = yield* connection.poll
+            seen.push(status)
+          }
+          return seen
+        })).pipe(Effect.provideService(Transport, service))
+        // Connected ⇒ AWAITING_RESPONSE (READING), Eof ⇒ OK
+        assert.deepStrictEqual(polled, ["READING", "OK"])
+        assert.deepStrictEqual(log, { opened: 1, closed: 1, written: 1 })
+      }))
+  }
+
+  it.live("cancel: a refused connection fails with libpq's text and closes the socket", () =>
+    Effect.gen(function*() {
+      const { log, service } = fake({
+        onConnect: { _tag: "ConnectFailed", message: "Connection refused", errno: 111 },
+        sync: true
+      })
+      const error = yield* Effect.flip(CancelConnection.cancel(session).pipe(Effect.provideService(Transport, service)))
+      assert.strictEqual(error._tag, "CancelFailed")
+      assert.include(error.message, "Connection refused")
+      assert.deepStrictEqual(log, { opened: 1, closed: 1, written: 0 })
+    }))
+
+  it.live("cancel: a server that never closes ends with timeout expired; the socket is closed", () =>
+    Effect.gen(function*() {
+      const { log, service } = fake({ onConnect: connected, sync: false })
+      const error = yield* Effect.flip(
+        CancelConnection.cancel(session, { timeout: "20 millis" }).pipe(Effect.provideService(Transport, service))
+      )
+      assert.strictEqual(error._tag, "CancelTimeout")
+      assert.isTrue(error.message.endsWith("timeout expired"), error.message)
+      assert.deepStrictEqual(log, { opened: 1, closed: 1, written: 1 })
+    }))
+
+  it.live("cancel: interrupted while waiting for the server, the socket is closed", () =>
+    Effect.gen(function*() {
+      const { log, service } = fake({ onConnect: connected, sync: true })
+      const fiber = yield* CancelConnection.cancel(session).pipe(
+        Effect.provideService(Transport, service),
+        Effect.forkChild
+      )
+      // the CancelRequest is written synchronously once connected: wait for it, bounded
+      for (let i = 0; i < 1000 && log.written === 0; i++) yield* Effect.yieldNow
+      assert.strictEqual(log.written, 1)
+      yield* Fiber.interrupt(fiber)
+      assert.deepStrictEqual(log, { opened: 1, closed: 1, written: 1 })
+    }))
+
+  it.live("blocking on a connection: interrupted, the socket stays with the connection until reset", () =>
+    Effect.gen(function*() {
+      const { log, service } = fake({ onConnect: connected, sync: true })
+      yield* Effect.scoped(Effect.gen(function*() {
+        const connection = yield* CancelConnection.make(session)
+        const fiber = yield* connection.blocking().pipe(Effect.forkChild)
+        for (let i = 0; i < 1000 && log.written === 0; i++) yield* Effect.yieldNow
+        yield* Fiber.interrupt(fiber)
+        assert.strictEqual(yield* connection.status, "AWAITING_RESPONSE")
+        assert.strictEqual(log.closed, 0)
+        yield* connection.reset
+        assert.strictEqual(yield* connection.status, "ALLOCATED")
+        assert.strictEqual(log.closed, 1)
+      })).pipe(Effect.provideService(Transport, service))
+    }))
+})
