@@ -203,6 +203,7 @@ export const runBursts = Effect.fnUntraced(function*(options: {
               )
             })
           case "node-floor":
+          case "node-naive":
             return Effect.fail(failure("no burst for the reference"))
           case "libpq-blocking":
           case "libpq-poll":

@@ -5,7 +5,7 @@ import { ConnectionOptions } from "@pqcancel/core"
 import type { Cluster } from "@pqcancel/test-utils/EmbeddedPostgres"
 import * as Result from "effect/Result"
 
-export type TransportName = "tcp" | "tls" | "direct" | "unix"
+export type TransportName = "tcp" | "tls" | "vfull" | "direct" | "unix"
 export type Protocol = "3.0" | "3.2"
 
 export interface Cell {
@@ -17,11 +17,12 @@ export interface Cell {
 export const transportLabel: Record<TransportName, string> = {
   tcp: "TCP (sslmode=disable)",
   tls: "TLS via SSLRequest (sslmode=require)",
+  vfull: "TLS via SSLRequest, sslmode=verify-full (CA file, host name check)",
   direct: "direct TLS (sslnegotiation=direct)",
   unix: "unix socket"
 }
 
-export const allCells: ReadonlyArray<Cell> = (["tcp", "tls", "direct", "unix"] as const).flatMap((transport) =>
+export const allCells: ReadonlyArray<Cell> = (["tcp", "tls", "vfull", "direct", "unix"] as const).flatMap((transport) =>
   (["3.0", "3.2"] as const).map((protocol) => ({ id: `${transport}/${protocol}`, transport, protocol }))
 )
 
@@ -35,6 +36,7 @@ export type SystemId =
   | "pg"
   | "postgresjs"
   | "node-floor"
+  | "node-naive"
 
 export interface System {
   readonly id: SystemId
@@ -44,7 +46,16 @@ export interface System {
   readonly unsupported: (cell: Cell) => string | undefined
 }
 
-const encrypted = (cell: Cell) => cell.transport === "tls" || cell.transport === "direct"
+/** whether the cell's cancel travels over TLS */
+export const encrypted = (cell: Cell): boolean =>
+  cell.transport === "tls" || cell.transport === "vfull" || cell.transport === "direct"
+
+/** how the cell negotiates TLS */
+export const tlsMode = (cell: Cell): "disable" | "sslrequest" | "direct" =>
+  cell.transport === "direct" ? "direct" : encrypted(cell) ? "sslrequest" : "disable"
+
+/** the cell verifies the server (verify-full: the CA and the host name "localhost") */
+export const verifyFull = (cell: Cell): boolean => cell.transport === "vfull"
 
 export const systems: ReadonlyArray<System> = [
   { id: "pqcancel-blocking", label: "pqcancel blocking", kind: "pqcancel", unsupported: () => undefined },
@@ -82,16 +93,24 @@ export const systems: ReadonlyArray<System> = [
   },
   {
     id: "node-floor",
-    label: "raw node:net/tls cancel (floor)",
+    label: "Node floor (hand-written node:net/tls, tuned)",
     kind: "reference",
     unsupported: () => undefined
+  },
+  {
+    id: "node-naive",
+    label: "naive node:tls (new context per cancel, default groups)",
+    kind: "reference",
+    unsupported: (cell) => encrypted(cell) ? undefined : "the same as the Node floor without TLS"
   }
 ]
 
 /** libpq conninfo of a cell (what the harness's sessions and thus their cancels use). */
 export const libpqConninfo = (cluster: Cluster, cell: Cell, extra?: Record<string, string>): string =>
   cluster.conninfo(cell.transport === "unix" ? "unix" : "tcp", {
-    sslmode: cell.transport === "tls" || cell.transport === "direct" ? "require" : "disable",
+    sslmode: verifyFull(cell) ? "verify-full" : encrypted(cell) ? "require" : "disable",
+    // verify-full checks the name "localhost" (the test certificate's) against a connection to 127.0.0.1
+    ...(verifyFull(cell) ? { host: "localhost", hostaddr: "127.0.0.1", sslrootcert: cluster.caCertPath } : {}),
     ...(cell.transport === "direct" ? { sslnegotiation: "direct" } : {}),
     max_protocol_version: cell.protocol === "3.2" ? "latest" : "3.0",
     ...extra

@@ -14,12 +14,13 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import type * as Scope from "effect/Scope"
 import type * as EventEmitter from "node:events"
+import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Tls from "node:tls"
 import pg from "pg"
 import postgres from "postgres"
 import type { Cell, SystemId } from "./cells.ts"
-import { libpqConninfo, pqcancelOptions, systems } from "./cells.ts"
+import { encrypted as isEncrypted, libpqConninfo, pqcancelOptions, systems, tlsMode, verifyFull } from "./cells.ts"
 import type { Harness } from "./harness.ts"
 
 export const SLEEP = "SELECT pg_sleep(60)"
@@ -98,12 +99,14 @@ export const postgresjsCancel = (query: PostgresQuery): { readonly t0: number; r
 
 /**
  * The Node floor: the same cancel written by hand on `node:net` / `node:tls` (SSLRequest + upgrade, or direct TLS
- * with ALPN), no validation, no state machine, no Effect. What any Node implementation pays at least.
+ * with ALPN), no validation, no state machine, no Effect. What any Node implementation pays at least. `tls` is the
+ * TLS setup (see {@link floorTls}): tuned like NodeTransport (one SecureContext per cell, classical groups) or naive.
  */
 export const rawCancel = (
   remote: TestSession.Remote,
   packet: Uint8Array,
-  tls: "disable" | "sslrequest" | "direct"
+  mode: "disable" | "sslrequest" | "direct",
+  tls: Tls.ConnectionOptions = { rejectUnauthorized: false }
 ) =>
   new Promise<{ t0: number; t1: number }>((resolve, reject) => {
     const t0 = performance.now()
@@ -118,8 +121,8 @@ export const rawCancel = (
       })
       socket.resume()
     }
-    if (tls === "direct") {
-      const secure = Tls.connect({ ...target, rejectUnauthorized: false, ALPNProtocols: ["postgresql"] })
+    if (mode === "direct") {
+      const secure = Tls.connect({ ...target, ...tls, ALPNProtocols: ["postgresql"] })
       secure.once("error", reject)
       secure.once("secureConnect", () => secure.write(packet))
       return finish(secure)
@@ -127,19 +130,40 @@ export const rawCancel = (
     const socket = Net.connect(target)
     socket.once("error", reject)
     socket.once("connect", () => {
-      if (tls === "disable") {
+      if (mode === "disable") {
         socket.write(packet)
         return finish(socket)
       }
       socket.write(SSL_REQUEST)
       socket.once("data", () => {
-        const secure = Tls.connect({ socket, rejectUnauthorized: false, ALPNProtocols: ["postgresql"] })
+        const secure = Tls.connect({ socket, ...tls, ALPNProtocols: ["postgresql"] })
         secure.once("error", reject)
         secure.once("secureConnect", () => secure.write(packet))
         finish(secure)
       })
     })
   })
+
+/**
+ * The floor's TLS setup for a cell, with the verification pqcancel does there (verify-full: the CA and the host
+ * name "localhost"; otherwise none). Tuned: one SecureContext per cell (NodeTransport builds one per options
+ * object) and the classical ECDH groups NodeTransport and libpq's OpenSSL offer. Naive: what `tls.connect` does
+ * by default — a new SecureContext per cancel and Node's default groups (a hybrid post-quantum key share).
+ */
+export const floorTls = (cluster: Cluster, cell: Cell, tuned: boolean): Tls.ConnectionOptions => {
+  const verify = verifyFull(cell)
+  const ca = verify ? Fs.readFileSync(cluster.caCertPath) : undefined
+  const check = verify ? { rejectUnauthorized: true, servername: "localhost" } : { rejectUnauthorized: false }
+  if (!tuned) return { ...(ca !== undefined ? { ca } : {}), ...check }
+  return {
+    secureContext: Tls.createSecureContext({
+      ...(ca !== undefined ? { ca } : {}),
+      minVersion: "TLSv1.2",
+      ecdhCurve: "X25519:prime256v1:secp384r1"
+    }),
+    ...check
+  }
+}
 
 const SSL_REQUEST = Uint8Array.of(0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f)
 
@@ -168,7 +192,11 @@ export const postgresjsOptions = (cluster: Cluster, cell: Cell, app: string, max
   user: "postgres",
   database: "postgres",
   max,
-  ssl: cell.transport === "tls" || cell.transport === "direct" ? "require" as const : false,
+  ssl: verifyFull(cell)
+    ? { ca: Fs.readFileSync(cluster.caCertPath), servername: "localhost", rejectUnauthorized: true }
+    : isEncrypted(cell)
+    ? "require" as const
+    : false,
   ...(cell.transport === "direct" ? { sslnegotiation: "direct" } : {}),
   fetch_types: false,
   prepare: false,
@@ -210,7 +238,7 @@ export const makeCellRunner = Effect.fnUntraced(function*(
   monitor: TestSession.TestSession
 ): Effect.fn.Return<CellRunner, BenchError, Scope.Scope> {
   const app = (system: string) => `bench_${system.replace("-", "_")}_${index}`
-  const encrypted = cell.transport === "tls" || cell.transport === "direct"
+  const encrypted = isEncrypted(cell)
   const supported = (id: SystemId) => systems.find((s) => s.id === id)!.unsupported(cell) === undefined
 
   // libpq: one harness slot per cell
@@ -220,7 +248,7 @@ export const makeCellRunner = Effect.fnUntraced(function*(
     .pipe(Effect.mapError((e) => failure(`libpq open ${cell.id}: ${e.message}`)))
   const [, , protocol, ssl] = opened.split(" ")
   const expectedProtocol = cell.protocol === "3.2" ? "30002" : "30000"
-  const expectedSsl = cell.transport === "tls" || cell.transport === "direct" ? "1" : "0"
+  const expectedSsl = encrypted ? "1" : "0"
   if (protocol !== expectedProtocol || ssl !== expectedSsl) {
     return yield* failure(`libpq session for ${cell.id} is protocol ${protocol}, ssl ${ssl}`)
   }
@@ -228,7 +256,7 @@ export const makeCellRunner = Effect.fnUntraced(function*(
   // pqcancel: a TestSession with the cell's protocol and encryption
   const session = yield* TestSession.connectTo(cluster, {
     transport: cell.transport === "unix" ? "unix" : "tcp",
-    tls: cell.transport === "tls" ? "sslrequest" : cell.transport === "direct" ? "direct" : "disable",
+    tls: tlsMode(cell),
     protocol: cell.protocol,
     parameters: { application_name: app("pqcancel") }
   }).pipe(Effect.mapError(benchError(`pqcancel session ${cell.id}`)))
@@ -244,14 +272,10 @@ export const makeCellRunner = Effect.fnUntraced(function*(
     key: CancelKey.unsafeMake(session.backendKey)
   }
 
-  const tlsMode = cell.transport === "tls"
-    ? "sslrequest" as const
-    : cell.transport === "direct"
-    ? "direct" as const
-    : "disable" as const
+  const negotiation = tlsMode(cell)
   const floorSession = yield* TestSession.connectTo(cluster, {
     transport: cell.transport === "unix" ? "unix" : "tcp",
-    tls: tlsMode,
+    tls: negotiation,
     protocol: cell.protocol,
     parameters: { application_name: app("floor") }
   }).pipe(Effect.mapError(benchError(`floor session ${cell.id}`)))
@@ -332,22 +356,25 @@ export const makeCellRunner = Effect.fnUntraced(function*(
     return { dispatch: t1 - t0, e2e: tResult - t0 }
   })
 
-  const floorSample = Effect.gen(function*() {
-    const pending = yield* floorSession.startQuery(SLEEP).pipe(Effect.mapError(benchError("startQuery")))
-    yield* waitSleeping(monitor, app("floor"), 1)
-    let tResult = 0
-    const fiber = yield* pending.result.pipe(
-      Effect.tap(() => Effect.sync(() => (tResult = performance.now()))),
-      Effect.forkChild
-    )
-    const { t0, t1 } = yield* Effect.tryPromise({
-      try: () => rawCancel(floorSession.remote, floorPacket, tlsMode),
-      catch: benchError("raw cancel")
+  const floorSetup = { tuned: floorTls(cluster, cell, true), naive: floorTls(cluster, cell, false) }
+  const floorSample = (system: "node-floor" | "node-naive") =>
+    Effect.gen(function*() {
+      const pending = yield* floorSession.startQuery(SLEEP).pipe(Effect.mapError(benchError("startQuery")))
+      yield* waitSleeping(monitor, app("floor"), 1)
+      let tResult = 0
+      const fiber = yield* pending.result.pipe(
+        Effect.tap(() => Effect.sync(() => (tResult = performance.now()))),
+        Effect.forkChild
+      )
+      const tls = system === "node-floor" ? floorSetup.tuned : floorSetup.naive
+      const { t0, t1 } = yield* Effect.tryPromise({
+        try: () => rawCancel(floorSession.remote, floorPacket, negotiation, tls),
+        catch: benchError("raw cancel")
+      })
+      const result = yield* Fiber.join(fiber).pipe(Effect.mapError(benchError("query result")))
+      yield* checkCancelled(system, result._tag === "Error" ? result.sqlstate : "00000")
+      return { dispatch: t1 - t0, e2e: tResult - t0 }
     })
-    const result = yield* Fiber.join(fiber).pipe(Effect.mapError(benchError("query result")))
-    yield* checkCancelled("node-floor", result._tag === "Error" ? result.sqlstate : "00000")
-    return { dispatch: t1 - t0, e2e: tResult - t0 }
-  })
 
   const libpqSample = (mode: string) =>
     harness.request(`sample ${index} ${mode}`).pipe(
@@ -378,7 +405,8 @@ export const makeCellRunner = Effect.fnUntraced(function*(
       case "postgresjs":
         return postgresjsSample
       case "node-floor":
-        return floorSample
+      case "node-naive":
+        return floorSample(system)
     }
   }
   return { cell, sample }

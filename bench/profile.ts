@@ -26,7 +26,7 @@ import type * as Net from "node:net"
 import * as V8 from "node:v8"
 import type { Cell } from "./cells.ts"
 import { pqcancelOptions } from "./cells.ts"
-import { cancelPacket, rawCancel, startAndPoll } from "./node-systems.ts"
+import { cancelPacket, floorTls, rawCancel, startAndPoll } from "./node-systems.ts"
 import { fullGc, summarize } from "./stats.ts"
 
 const argv = process.argv.slice(2)
@@ -68,11 +68,14 @@ const program = Effect.gen(function*() {
     key: CancelKey.unsafeMake(session.backendKey)
   }
   const packet = cancelPacket(session.backendKey)
+  const floorSetup = floorTls(cluster, cell, true)
 
   const systems: ReadonlyArray<[string, Effect.Effect<void>]> = [
     [
       "raw node:net floor",
-      Effect.promise(() => rawCancel(session.remote, packet, transport === "tls" ? "sslrequest" : "disable"))
+      Effect.promise(() =>
+        rawCancel(session.remote, packet, transport === "tls" ? "sslrequest" : "disable", floorSetup)
+      )
     ],
     [
       "pqcancel blocking",

@@ -29,7 +29,7 @@ import { runInflight } from "./inflight.ts"
 import type { InflightResult } from "./inflight.ts"
 import { benchError, makeCellRunner } from "./node-systems.ts"
 import type { Sample } from "./node-systems.ts"
-import { renderSvg, renderTables } from "./report.ts"
+import { computeRatios, renderSvg, renderTables } from "./report.ts"
 import type { LatencyResult, Report } from "./report.ts"
 import { summarize } from "./stats.ts"
 
@@ -215,6 +215,7 @@ const main = Effect.gen(function*() {
     },
     config: { ...config, maxBurst },
     latency,
+    ratios: computeRatios(latency),
     bursts,
     inflight,
     durationSeconds: (performance.now() - started) / 1000

@@ -5,7 +5,8 @@
  * the timed region) until the backend is inside pg_sleep, and then times a cancel with CLOCK_MONOTONIC:
  *
  *   dispatch = PQcancelCreate .. PQcancelBlocking / PQcancelStart+PQcancelPoll loop / PQgetCancel+PQcancel .. finish
- *   e2e      = the same start .. PQgetResult returned the 57014 error result
+ *   e2e      = the same start .. the 57014 error arrived on the session's socket (a watcher thread polls it from
+ *              before t0, so the result is seen while the cancel call is still waiting for the server's close)
  *
  * Protocol (one command per line on stdin, one reply line on stdout; errors are `err <text>`):
  *
@@ -24,6 +25,7 @@
 #include <errno.h>
 #include <libpq-fe.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -189,6 +191,27 @@ static void finish_query(PGconn *conn, char *sqlstate, int64_t *at) {
   while ((res = PQgetResult(conn)) != NULL) PQclear(res);
 }
 
+/*
+ * The end-to-end watcher: a thread blocked in poll() on the cancelled session's socket from before t0, so the moment
+ * the server's 57014 arrives is seen while the cancel call is still waiting for the server to close the cancel
+ * connection (the server sends the query's error ~0.4 ms before that close). The session's result is read (and its
+ * SQLSTATE checked) only after the cancel returned; nothing touches the PGconn concurrently.
+ */
+struct watcher {
+  pthread_t thread;
+  int fd;
+  int ready;
+  int64_t at;
+};
+
+static void *watcher_main(void *arg) {
+  struct watcher *w = arg;
+  struct pollfd p = {.fd = w->fd, .events = POLLIN};
+  __atomic_store_n(&w->ready, 1, __ATOMIC_RELEASE);
+  w->at = poll(&p, 1, 30000) > 0 ? now_ns() : -1;
+  return NULL;
+}
+
 static void cmd_sample(int slot, const char *mode) {
   cancel_fn fn = mode_fn(mode);
   PGconn *conn = slot >= 0 && slot < MAX_SLOTS ? slots[slot] : NULL;
@@ -197,15 +220,20 @@ static void cmd_sample(int slot, const char *mode) {
   char where[64];
   snprintf(where, sizeof where, "pid = %d", PQbackendPID(conn));
   if (wait_sleeping(where, 1) != 0) return reply("err backend never reached pg_sleep");
+  struct watcher w = {.fd = PQsocket(conn), .ready = 0, .at = -1};
+  if (pthread_create(&w.thread, NULL, watcher_main, &w) != 0) return reply("err cannot start the watcher thread");
+  while (!__atomic_load_n(&w.ready, __ATOMIC_ACQUIRE)) sched_yield();
+  usleep(50); /* let the watcher enter poll() before t0 (untimed) */
   char err[512] = "";
   int64_t t0 = now_ns();
   int rc = fn(conn, err, sizeof err);
   int64_t t1 = now_ns();
+  pthread_join(w.thread, NULL);
   char sqlstate[8];
   int64_t t2;
   finish_query(conn, sqlstate, &t2);
   if (rc != 0) return reply("err cancel failed: %s", err);
-  reply("sample %lld %lld %s", (long long)(t1 - t0), (long long)(t2 - t0), sqlstate);
+  reply("sample %lld %lld %s", (long long)(t1 - t0), (long long)((w.at > 0 ? w.at : t2) - t0), sqlstate);
 }
 
 static void cmd_open(int slot, const char *conninfo) {
