@@ -6,6 +6,7 @@
  *   node --expose-gc bench/micro.ts [--n 20000]
  */
 import { CancelConnection, CancelKey, CancelMachine } from "@pqcancel/core"
+import { Transport } from "@pqcancel/core/Transport"
 import { NodeTransport } from "@pqcancel/node"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -114,4 +115,37 @@ measure("CancelMachine: start → connected → eof (3 pure steps)", () => {
   const a = CancelMachine.step(config, CancelMachine.initial, CancelMachine.Events.start)
   const b = CancelMachine.step(config, a.state, CancelMachine.Events.connected)
   CancelMachine.step(config, b.state, CancelMachine.Events.eof)
+})
+
+// the one-shot cancel with a transport that answers at once (Connected on connect, EOF on write): everything
+// pqcancel does per cancel except the socket itself
+const instantTransport = Transport.of({
+  connect: (_request, sink) => {
+    sink({ _tag: "Connected" })
+    return {
+      fd: () => -1,
+      write: () => sink({ _tag: "Eof" }),
+      startTls: () => {},
+      startGss: () => {},
+      close: () => {}
+    }
+  },
+  gssCredentialsAvailable: () => Effect.succeed(false)
+})
+measure(
+  "CancelConnection.cancel (fake transport answering at once)",
+  runSync(CancelConnection.cancel(session).pipe(Effect.provideService(Transport, instantTransport), Effect.orDie))
+)
+measure(
+  "CancelConnection.make + blocking (same fake transport)",
+  runSync(
+    Effect.scoped(Effect.flatMap(CancelConnection.make(session), (c) => c.blocking())).pipe(
+      Effect.provideService(Transport, instantTransport),
+      Effect.orDie
+    )
+  )
+)
+measure("Effect.withSpan around Effect.void (no tracer installed)", runSync(Effect.withSpan(Effect.void, "x")))
+measure("CancelConnection.validateSession", () => {
+  CancelConnection.validateSession(session)
 })

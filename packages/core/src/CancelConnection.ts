@@ -28,6 +28,7 @@
  * @since 0.1.0
  */
 import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Queue from "effect/Queue"
@@ -159,11 +160,12 @@ interface Flavour {
 const STRICT: Flavour = { legacy: false, initialError: undefined }
 
 // only ask for a GSS credential when GSS could be attempted (TCP, gssencmode not disabled)
+const gssPossible = (session: SessionInfo, flavour: Flavour): boolean =>
+  !flavour.legacy && flavour.initialError === undefined && session.options.gssencmode !== "disable" &&
+  session.address._tag !== "Unix"
+
 const gssAvailable = (transport: Transport["Service"], session: SessionInfo, flavour: Flavour) =>
-  flavour.legacy || flavour.initialError !== undefined || session.options.gssencmode === "disable" ||
-    session.address._tag === "Unix"
-    ? Effect.succeed(false)
-    : transport.gssCredentialsAvailable(session.options)
+  gssPossible(session, flavour) ? transport.gssCredentialsAvailable(session.options) : Effect.succeed(false)
 
 // negotiate: what the machine will offer (sslmode, sslnegotiation, gssencmode, SNI) and the CancelRequest packet
 const machineConfig = (session: SessionInfo, key: CancelKey, legacy: boolean, gss: boolean) =>
@@ -211,10 +213,13 @@ const outcome = (driver: Driver): Effect.Effect<void, CancelFailed | CancelTimeo
 const blockingRun = (
   driver: Driver,
   timeoutMillis: number | undefined,
-  onInterrupt: "close" | "detach"
+  socket: "run" | "connection"
 ): Effect.Effect<void, CancelFailed | CancelTimeout> => {
-  if (!driver.apply(CancelMachine.Events.start).accepted) return Effect.fail(failure(driver))
-  return Effect.flatMap(driver.run(timeoutMillis, onInterrupt), () => outcome(driver))
+  if (!driver.apply(CancelMachine.Events.start).accepted) {
+    if (socket === "run") driver.close()
+    return Effect.fail(failure(driver))
+  }
+  return driver.run(timeoutMillis, socket, () => outcome(driver))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -280,7 +285,7 @@ const makeWith = Effect.fnUntraced(function*(session: SessionInfo, flavour: Flav
   })
 
   const poll: Effect.Effect<CancelMachine.PollingStatus> = Effect.suspend(() =>
-    driver === undefined ? Effect.succeed("FAILED" as const) : driver.poll
+    driver === undefined ? Effect.succeed("FAILED" as const) : driver.poll()
   )
 
   const blocking = (options?: BlockingOptions) =>
@@ -292,7 +297,7 @@ const makeWith = Effect.fnUntraced(function*(session: SessionInfo, flavour: Flav
           driver.apply(CancelMachine.Events.reset)
           driver.close()
         }
-        return blockingRun(driver, deadlineMillis(session, options?.timeout), "detach")
+        return blockingRun(driver, deadlineMillis(session, options?.timeout), "connection")
       })))
 
   const reset = Effect.sync(() => {
@@ -376,24 +381,23 @@ export const cancel = (
   if (invalid !== undefined) return traced(session, Effect.fail(new CancelCreateError({ message: invalid })))
   return traced(
     session,
-    Effect.flatMap(
-      Effect.service(Transport),
-      (transport) =>
-        Effect.flatMap(gssAvailable(transport, session, STRICT), (gss) =>
-          Effect.suspend(() => {
-            // one machine, one socket, no Scope: the run closes the socket when it ends or is interrupted
-            const config = machineConfig(session, session.key!, false, gss)
-            const driver = new Driver(transport, session.options, config, CancelMachine.initial, undefined)
-            return retrying(options?.retry, (n) =>
-              Effect.suspend(() => {
-                if (n > 0) {
-                  driver.apply(CancelMachine.Events.reset)
-                  driver.close()
-                }
-                return blockingRun(driver, deadlineMillis(session, options?.timeout), "close")
-              })).pipe(Effect.ensuring(Effect.sync(() => driver.close())))
-          }))
-    )
+    Effect.withFiber((fiber) => {
+      const transport = Context.getUnsafe(fiber.context as Context.Context<Transport>, Transport)
+      const run = (gss: boolean) => {
+        // one machine, one socket, no Scope: each run closes its socket when it ends or is interrupted
+        const config = machineConfig(session, session.key!, false, gss)
+        const driver = new Driver(transport, session.options, config, CancelMachine.initial, undefined)
+        const timeout = deadlineMillis(session, options?.timeout)
+        return retrying(options?.retry, (n) => {
+          // every attempt after the first starts from PQcancelReset: a new socket, the same key
+          if (n > 0) driver.apply(CancelMachine.Events.reset)
+          return blockingRun(driver, timeout, "run")
+        })
+      }
+      return gssPossible(session, STRICT)
+        ? Effect.flatMap(transport.gssCredentialsAvailable(session.options), run)
+        : Effect.suspend(() => run(false))
+    })
   )
 }
 

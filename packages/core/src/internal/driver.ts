@@ -162,18 +162,27 @@ export class Driver {
 
   /**
    * Run mode: apply the socket's events as they arrive until the machine is `OK` or `BAD`, or `timeoutMs` passed
-   * (then the machine gets its `Deadline` event). On interruption the socket is closed (`onInterrupt: "close"`) or
-   * left to the owner (`"detach"`: a later `poll` or the owner's Scope continues from here).
+   * (then the machine gets its `Deadline` event), and resume with `done()`. `socket: "run"` — the run owns the
+   * socket: closed when the run ends or is interrupted (the one-shot cancel); `"connection"` — left to the owner
+   * (a cancel connection: a later `poll`, `reset` or its Scope continues from there).
    */
-  run(timeoutMs: number | undefined, onInterrupt: "close" | "detach"): Effect.Effect<void> {
-    return Effect.callback<void>((resume) => {
-      if (!CancelMachine.isInFlight(this.state)) return resume(Effect.void)
+  run<E>(
+    timeoutMs: number | undefined,
+    socket: "run" | "connection",
+    done: () => Effect.Effect<void, E>
+  ): Effect.Effect<void, E> {
+    return Effect.callback<void, E>((resume) => {
+      if (!CancelMachine.isInFlight(this.state)) {
+        if (socket === "run") this.close()
+        return resume(done())
+      }
       this.timedOut = false
       let timer: unknown
       this.settle = () => {
         this.settle = undefined
         if (timer !== undefined) clearTimeout(timer)
-        resume(Effect.void)
+        if (socket === "run") this.close()
+        resume(done())
       }
       if (timeoutMs !== undefined && timeoutMs <= MAX_TIMER_MS) {
         timer = setTimeout(() => {
@@ -184,16 +193,21 @@ export class Driver {
         }, timeoutMs)
       }
       this.drain()
+      if (this.settle === undefined) return
       return Effect.sync(() => {
         if (timer !== undefined) clearTimeout(timer)
         this.settle = undefined
-        if (onInterrupt === "close") this.close()
+        if (socket === "run") this.close()
       })
     })
   }
 
   /** Step mode: apply the next event of the socket (waiting for it), or a `Poll` when no socket is in flight. */
-  readonly poll: Effect.Effect<CancelMachine.PollingStatus> = Effect.suspend(() => {
+  poll(): Effect.Effect<CancelMachine.PollingStatus> {
+    return Effect.suspend(() => this.pollNow())
+  }
+
+  private pollNow(): Effect.Effect<CancelMachine.PollingStatus> {
     // MADE (and direct TLS's SSL_STARTUP + WRITING) advance without I/O, as libpq finds the socket writable at once
     if (
       !CancelMachine.isInFlight(this.state) || this.connection === undefined ||
@@ -206,11 +220,11 @@ export class Driver {
       this.wake = () => {
         this.wake = undefined
         // the event stays buffered until applied, so an interruption in between loses nothing
-        resume(this.poll)
+        resume(this.poll())
       }
       return Effect.sync(() => {
         this.wake = undefined
       })
     })
-  })
+  }
 }
