@@ -88,8 +88,8 @@ describe("CancelConnection with a fake transport", () => {
           }
           return seen
         })).pipe(Effect.provideService(Transport, service))
-        // Connected ⇒ AWAITING_RESPONSE (READING), Eof ⇒ OK
-        assert.deepStrictEqual(polled, ["READING", "OK"])
+        // Connected ⇒ MADE (WRITING), the next poll sends ⇒ AWAITING_RESPONSE (READING), Eof ⇒ OK
+        assert.deepStrictEqual(polled, ["WRITING", "READING", "OK"])
         assert.deepStrictEqual(log, { opened: 1, closed: 1, written: 1 })
       }))
   }
