@@ -11,6 +11,7 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Logger from "effect/Logger"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import * as Tracer from "effect/Tracer"
 import * as Util from "node:util"
@@ -21,6 +22,17 @@ const cluster = EmbeddedPostgres.layer({
   maxConnections: 4,
   settings: { superuser_reserved_connections: "0", reserved_connections: "0" }
 })
+
+// max_connections is 4: the previous test's backends exit asynchronously after its sessions closed, so a test's
+// first connections wait (bounded) until the server has a free slot again (53300 too_many_connections)
+const connect = (pg: EmbeddedPostgres.Cluster, options: Parameters<typeof TestSession.connectTo>[1]) =>
+  TestSession.connectTo(pg, options).pipe(
+    Effect.retry({
+      while: (error) => error._tag === "StartupRejected" && error.sqlstate === "53300",
+      times: 250,
+      schedule: Schedule.spaced("20 millis")
+    })
+  )
 
 // handles that can leak: sockets, TLS sessions, timers
 const openHandles = () =>
@@ -42,9 +54,9 @@ layer(cluster, { excludeTestServices: true, concurrent: false, timeout: "60 seco
   it.effect("a cancel works when max_connections is reached", () =>
     Effect.gen(function*() {
       const pg = yield* EmbeddedPostgres.EmbeddedPostgres
-      const session = yield* TestSession.connectTo(pg, {})
-      const monitor = yield* TestSession.connectTo(pg, { transport: "unix" })
-      const fillers = yield* Effect.all([TestSession.connectTo(pg, {}), TestSession.connectTo(pg, {})])
+      const session = yield* connect(pg, {})
+      const monitor = yield* connect(pg, { transport: "unix" })
+      const fillers = yield* Effect.all([connect(pg, {}), connect(pg, {})])
       // the server is full now: a fifth session is refused with 53300
       const refused = yield* Effect.flip(TestSession.connectTo(pg, {}))
       assert.include(refused.message, "too many clients")
@@ -58,8 +70,8 @@ layer(cluster, { excludeTestServices: true, concurrent: false, timeout: "60 seco
   it.effect("a wrong key or a wrong pid is dispatched and has no effect", () =>
     Effect.gen(function*() {
       const pg = yield* EmbeddedPostgres.EmbeddedPostgres
-      const session = yield* TestSession.connectTo(pg, { protocol: "3.2" })
-      const monitor = yield* TestSession.connectTo(pg, { transport: "unix" })
+      const session = yield* connect(pg, { protocol: "3.2" })
+      const monitor = yield* connect(pg, { transport: "unix" })
       const info = yield* sessionInfo(session, conninfo(pg, "tcp", { sslmode: "disable" }))
       const pending = yield* sleepingQuery(session, monitor)
       const key = info.key!
@@ -85,8 +97,8 @@ layer(cluster, { excludeTestServices: true, concurrent: false, timeout: "60 seco
   it.effect("no socket or timer outlives the Scope of a cancel (success, failure, interruption)", () =>
     Effect.gen(function*() {
       const pg = yield* EmbeddedPostgres.EmbeddedPostgres
-      const session = yield* TestSession.connectTo(pg, { tls: "sslrequest" })
-      const monitor = yield* TestSession.connectTo(pg, { transport: "unix" })
+      const session = yield* connect(pg, { tls: "sslrequest" })
+      const monitor = yield* connect(pg, { transport: "unix" })
       const info = yield* sessionInfo(
         session,
         conninfo(pg, "tcp", { sslmode: "verify-full", sslrootcert: pg.caCertPath, host: "localhost" })
@@ -117,7 +129,7 @@ layer(cluster, { excludeTestServices: true, concurrent: false, timeout: "60 seco
   it.effect("interrupting blocking at each status transition leaves no socket behind", () =>
     Effect.gen(function*() {
       const pg = yield* EmbeddedPostgres.EmbeddedPostgres
-      const session = yield* TestSession.connectTo(pg, { tls: "sslrequest" })
+      const session = yield* connect(pg, { tls: "sslrequest" })
       const info = yield* sessionInfo(
         session,
         conninfo(pg, "tcp", { sslmode: "verify-full", sslrootcert: pg.caCertPath, host: "localhost" })
@@ -147,8 +159,8 @@ layer(cluster, { excludeTestServices: true, concurrent: false, timeout: "60 seco
   it.effect("requirepeer on a unix socket is refused (Node cannot read peer credentials); the key is never sent", () =>
     Effect.gen(function*() {
       const pg = yield* EmbeddedPostgres.EmbeddedPostgres
-      const session = yield* TestSession.connectTo(pg, { transport: "unix" })
-      const monitor = yield* TestSession.connectTo(pg, { transport: "unix" })
+      const session = yield* connect(pg, { transport: "unix" })
+      const monitor = yield* connect(pg, { transport: "unix" })
       const info = yield* sessionInfo(session, conninfo(pg, "unix", { requirepeer: "nobody" }))
       const pending = yield* sleepingQuery(session, monitor)
       const error = yield* Effect.flip(CancelConnection.cancel(info))
@@ -164,8 +176,8 @@ layer(cluster, { excludeTestServices: true, concurrent: false, timeout: "60 seco
   it.effect("spans and logs of a cancel never carry the key", () =>
     Effect.gen(function*() {
       const pg = yield* EmbeddedPostgres.EmbeddedPostgres
-      const session = yield* TestSession.connectTo(pg, { protocol: "3.2" })
-      const monitor = yield* TestSession.connectTo(pg, { transport: "unix" })
+      const session = yield* connect(pg, { protocol: "3.2" })
+      const monitor = yield* connect(pg, { transport: "unix" })
       const info = yield* sessionInfo(session, conninfo(pg, "tcp", { sslmode: "disable" }))
       const secret = Buffer.from(session.backendKey.secret)
       const base = yield* Tracer.Tracer
