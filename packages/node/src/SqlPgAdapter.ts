@@ -153,11 +153,14 @@ export const readSession = (
   if (encrypted !== (socket instanceof Tls.TLSSocket)) {
     return changed(`session.encrypted is ${encrypted} but the socket is ${encrypted ? "not " : ""}a TLS socket`)
   }
+  // the facts of a live socket do not change: read its peer address (a getpeername each) once per session
+  const cached = sessions.get(socket)
+  if (cached !== undefined && cached.pid === processId && !socket.destroyed) return Result.succeed(cached)
   const secret = new Uint8Array(4)
   new DataView(secret.buffer).setInt32(0, secretKey)
   const address = socket.remoteAddress
   const port = socket.remotePort
-  return Result.succeed({
+  const read: SqlPgSession = {
     pid: processId,
     secret: Redacted.make(secret, { label: "CancelKey.secret" }),
     encrypted,
@@ -165,8 +168,12 @@ export const readSession = (
       ? { address, port, family: socket.remoteFamily === "IPv6" ? 6 : 4 }
       : undefined,
     socket
-  })
+  }
+  if (!socket.destroyed) sessions.set(socket, read)
+  return Result.succeed(read)
 }
+
+const sessions = new WeakMap<Net.Socket, SqlPgSession>()
 
 /**
  * Where and how the cancel of a sql-pg session goes, derived from the same config the `PgClient` was given
