@@ -8,7 +8,7 @@ import { assert, layer } from "@effect/vitest"
 import { Transport } from "@pqcancel/core"
 import { NodeTransport } from "@pqcancel/node"
 import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
-import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
+import { EmbeddedPostgres, RecordingProxy, TestSession } from "@pqcancel/test-utils"
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -131,6 +131,44 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
         assert.strictEqual(rows[0]!.pid, pid)
       }).pipe(Effect.provide(NodeTransport.layer)))
   }
+
+  it.effect("the cancel goes to the session's own address, encrypted when the session is (recording proxy)", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+      const proxy = yield* RecordingProxy.make({ upstreamPort: cluster.port })
+      const modes = [
+        { ssl: false, negotiation: undefined, expected: ["CancelRequest"] },
+        { ssl: "require", negotiation: undefined, expected: ["SSLRequest", "TLS"] },
+        { ssl: "require", negotiation: "direct", expected: ["TLS"] }
+      ] as const
+      for (const mode of modes) {
+        const app = appName()
+        const before = proxy.records().length
+        const sql = yield* PostgresJsAdapter.make({
+          host: "127.0.0.1",
+          port: proxy.port,
+          user: "postgres",
+          database: "postgres",
+          max: 1,
+          ssl: mode.ssl,
+          ...(mode.negotiation !== undefined ? { sslnegotiation: mode.negotiation } : {}),
+          onnotice: () => {},
+          connection: { application_name: app }
+        } as PostgresJsAdapter.Options)
+        const fiber = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT pg_sleep(60)`).pipe(Effect.forkChild)
+        const pid = yield* sleepingPid(monitor, app)
+        assert.isTrue(interruptedOnly(yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))))
+        yield* TestSession.waitUntilIdle(monitor, pid)
+        // two connections reached the proxy: the session, then the cancel (to the same address)
+        const records = proxy.records().slice(before)
+        assert.strictEqual(records.length, 2)
+        assert.deepStrictEqual(records[1]!.packets, mode.expected)
+        if (mode.ssl !== false) {
+          for (const record of records) assert.notInclude(record.packets, "CancelRequest")
+        }
+      }
+    }).pipe(Effect.scoped, Effect.provide(NodeTransport.layer)))
 
   it.effect("several hosts: the first refuses, the second serves, and the cancel reaches the session's address", () =>
     Effect.gen(function*() {
