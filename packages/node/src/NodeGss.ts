@@ -116,6 +116,7 @@ interface CachedCheck {
 }
 
 const recentChecks = new Map<string, CachedCheck>()
+const checksInFlight = new Map<string, Array<(available: boolean) => void>>()
 
 // a result younger than this is used as is; older ones (up to STALE_MS) are used while a check refreshes them
 const FRESH_MS = 1_000
@@ -154,10 +155,20 @@ export const credentialsAvailableRecent = (options?: Options): Effect.Effect<boo
       }
       return Effect.succeed(cached.available)
     }
+    // one library call per key at a time: a burst of cancels (cancelAll) waits for the same answer
     return Effect.callback<boolean>((resume) => {
+      const waiter = (available: boolean) => resume(Effect.succeed(available))
+      const waiting = checksInFlight.get(key)
+      if (waiting !== undefined) {
+        waiting.push(waiter)
+        return
+      }
+      checksInFlight.set(key, [waiter])
       acquire(api, ccache, (available) => {
         recentChecks.set(key, { available, at: Date.now(), refreshing: false })
-        resume(Effect.succeed(available))
+        const waiters = checksInFlight.get(key) ?? []
+        checksInFlight.delete(key)
+        for (const w of waiters) w(available)
       })
     })
   })

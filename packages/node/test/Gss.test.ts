@@ -5,7 +5,7 @@
  */
 import { assert, describe, layer } from "@effect/vitest"
 import { CancelKey, Protocol } from "@pqcancel/core"
-import type { CancelConnection } from "@pqcancel/core"
+import { CancelConnection } from "@pqcancel/core"
 import { ConnectionOptions } from "@pqcancel/core"
 import type { Transport } from "@pqcancel/core/Transport"
 import { NodeTransport } from "@pqcancel/node"
@@ -221,6 +221,34 @@ describe.skipIf(missing !== undefined)("GSSAPI encryption", () => {
         assert.isTrue(result.ok, result.error)
         assert.include(result.statuses, "GSS_STARTUP")
         yield* assertCancelled(result.pending)
+      }))
+
+    it.effect("cancelAll over GSS encryption: concurrent security contexts, every query cancelled", () =>
+      Effect.gen(function*() {
+        const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+        const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+        const started = yield* Effect.forEach([1, 2, 3, 4, 5, 6], () =>
+          Effect.gen(function*() {
+            const session = yield* TestSession.connectTo(cluster, { transport: "tcp" })
+            const info = yield* sessionInfo(
+              session,
+              conninfo(cluster, "tcp", { host: "localhost", gssencmode: "require" })
+            )
+            const pending = yield* sleepingQuery(session, monitor)
+            return { info, pending }
+          }))
+        const results = yield* CancelConnection.cancelAll(started.map((s) => s.info)).pipe(
+          Effect.provide(NodeTransport.layer)
+        )
+        assert.deepStrictEqual(results.map((r) => r._tag), [
+          "Success",
+          "Success",
+          "Success",
+          "Success",
+          "Success",
+          "Success"
+        ])
+        for (const { pending } of started) yield* assertCancelled(pending)
       }))
 
     it.effect("'N' with gssencmode=require fails with libpq's text and sends no key", () =>

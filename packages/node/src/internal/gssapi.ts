@@ -79,6 +79,8 @@ export const DELEG_FLAG = 1
 const HOSTBASED_SERVICE_OID = Buffer.from([0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x01, 0x04])
 
 const GSS_C_INITIATE = 1
+/** GSS_S_FAILURE: "Unspecified GSS failure" */
+const GSS_S_FAILURE = 0xd0000
 const GSS_C_GSS_CODE = 1
 const GSS_C_MECH_CODE = 2
 
@@ -284,11 +286,16 @@ const bind = (koffi: Koffi, lib: ReturnType<Koffi["load"]>, library: string): Gs
       const done = (error: unknown, major: number) => {
         callback(error === null && major === 0 ? cred[0] : undefined)
       }
-      if (ccache === undefined) {
-        gss_acquire_cred.async(minor, null, 0, null, GSS_C_INITIATE, cred, null, null, done)
-      } else {
-        const store = { count: 1, elements: { key: "ccache", value: ccache } }
-        gss_acquire_cred_from.async(minor, null, 0, null, GSS_C_INITIATE, store, cred, null, null, done)
+      try {
+        if (ccache === undefined) {
+          gss_acquire_cred.async(minor, null, 0, null, GSS_C_INITIATE, cred, null, null, done)
+        } else {
+          const store = { count: 1, elements: { key: "ccache", value: ccache } }
+          gss_acquire_cred_from.async(minor, null, 0, null, GSS_C_INITIATE, store, cred, null, null, done)
+        }
+      } catch (error) {
+        // koffi's queue of asynchronous calls is full: no credential this time (always asynchronously)
+        queueMicrotask(() => done(error, GSS_S_FAILURE))
       }
     },
     releaseCred: (cred) => {
@@ -308,30 +315,36 @@ const bind = (koffi: Koffi, lib: ReturnType<Koffi["load"]>, library: string): Gs
       const ctx: Array<Handle> = [context]
       const out: BufferDesc = { length: 0, value: null }
       const tokenDesc = token === undefined ? { length: 0, value: null } : input(token)
-      gss_init_sec_context.async(
-        minor,
-        cred ?? null,
-        ctx,
-        target,
-        null,
-        flags,
-        0,
-        null,
-        tokenDesc,
-        null,
-        out,
-        null,
-        null,
-        (error: unknown, major: number) => {
-          const output = error === null ? take(out) : new Uint8Array(0)
-          callback({
-            major: error === null ? major : 0xffff0000,
-            minor: minor[0]!,
-            context: ctx[0] ?? null,
-            output
-          })
-        }
-      )
+      const done = (error: unknown, major: number) => {
+        const output = error === null ? take(out) : new Uint8Array(0)
+        callback({
+          major: error === null ? major : GSS_S_FAILURE,
+          minor: error === null ? minor[0]! : 0,
+          context: ctx[0] ?? null,
+          output
+        })
+      }
+      try {
+        gss_init_sec_context.async(
+          minor,
+          cred ?? null,
+          ctx,
+          target,
+          null,
+          flags,
+          0,
+          null,
+          tokenDesc,
+          null,
+          out,
+          null,
+          null,
+          done
+        )
+      } catch (error) {
+        // koffi's queue of asynchronous calls is full: the attempt fails (always asynchronously)
+        queueMicrotask(() => done(error, GSS_S_FAILURE))
+      }
     },
     deleteContext: (context) => {
       if (context !== null && context !== undefined) gss_delete_sec_context([0], [context], null)
