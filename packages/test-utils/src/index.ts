@@ -34,6 +34,13 @@ export * as FakePostmaster from "./FakePostmaster.ts"
 export * as Kerberos from "./Kerberos.ts"
 
 /**
+ * A real PgBouncer (session or transaction pooling) in front of an `EmbeddedPostgres` cluster, for pooler tests.
+ *
+ * @since 0.1.0
+ */
+export * as PgBouncer from "./PgBouncer.ts"
+
+/**
  * The smallest honest PostgreSQL client a cancellation test needs.
  *
  * @since 0.1.0
