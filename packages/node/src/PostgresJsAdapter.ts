@@ -466,9 +466,12 @@ const retire = (session: Session): void => {
 }
 
 /**
- * The transport, holding the session's reads from the moment a cancel connection is opened until it is closed (the
- * server closed it after signalling the backend, or it failed): postgres.js cannot see the query end and write the
- * next one on this connection before the signal has been delivered.
+ * The transport, holding the session's reads while a cancel is on its way: postgres.js cannot see the query end and
+ * write the next one on this connection before the signal has been delivered. The hold starts when the query is
+ * located as running (and again when a cancel connects); it ends when a cancel connection closes after the server
+ * closed it following the CancelRequest (the signal was delivered). A failed attempt keeps the hold: the next
+ * attempt is coming (a released hold in between would let the next query start before a retried cancel), or the
+ * connection is retired.
  */
 const holdingTransport = (inner: Transport["Service"], session: () => Session | undefined): Transport["Service"] =>
   Transport.of({
@@ -476,15 +479,28 @@ const holdingTransport = (inner: Transport["Service"], session: () => Session | 
     connect: (request, sink) => {
       const held = session()
       if (held !== undefined) hold(held)
-      const connection = inner.connect(request, sink)
+      // the CancelRequest is the one write inside TLS (the cancel's sslmode is disable, require or verify-*: no
+      // plaintext fallback), or the only write of a plaintext cancel
+      const expectTls = request.address._tag === "Tcp" && request.options.sslmode !== "disable"
+      let tls = false
+      let sent = false
+      let delivered = false
+      const connection = inner.connect(request, (event) => {
+        if (event._tag === "TlsEstablished") tls = true
+        else if (event._tag === "Eof" && sent) delivered = true
+        sink(event)
+      })
       const wrapped: TransportNs.Connection = {
         fd: () => connection.fd(),
-        write: (bytes) => connection.write(bytes),
-        startTls: (tls) => connection.startTls(tls),
-        startGss: (gss) => connection.startGss(gss),
+        write: (bytes) => {
+          if (tls || !expectTls) sent = true
+          connection.write(bytes)
+        },
+        startTls: (tlsRequest) => connection.startTls(tlsRequest),
+        startGss: (gssRequest) => connection.startGss(gssRequest),
         close: () => {
           connection.close()
-          if (held !== undefined) release(held)
+          if (held !== undefined && delivered) release(held)
         }
       }
       return wrapped
