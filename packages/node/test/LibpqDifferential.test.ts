@@ -69,6 +69,13 @@ const scenarios: ReadonlyArray<Scenario> = [
     encrypted: true
   },
   {
+    id: "reset-after-N-prefer",
+    conninfo: "sslmode=prefer",
+    script: ["answerN", "forward"],
+    encrypted: false,
+    modes: ["reset"]
+  },
+  {
     id: "reset-after-N",
     conninfo: "sslmode=require",
     script: ["answerN", "forward"],

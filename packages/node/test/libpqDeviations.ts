@@ -96,6 +96,14 @@ export const deviations: ReadonlyArray<Deviation> = [
         field: "packets",
         libpq: "SSLRequest",
         pqcancel: "SSLRequest | SSLRequest+TLS"
+      },
+      {
+        // prefer: the first attempt gets 'N' and cancels in plaintext; after the reset the server would do TLS
+        scenario: "reset-after-N-prefer",
+        mode: "reset",
+        field: "packets",
+        libpq: "SSLRequest+CancelRequest | CancelRequest",
+        pqcancel: "SSLRequest+CancelRequest | SSLRequest+TLS"
       }
     ]
   },
