@@ -783,3 +783,51 @@ export const query = <T extends ReadonlyArray<postgres.MaybeRow>>(
         })
     }).pipe(Effect.updateService(Transport, (transport) => holdingTransport(transport, () => running)))
   })
+
+/**
+ * Runs `body` in a transaction on a reserved connection ({@link reserve}): `BEGIN` (with `mode`, e.g.
+ * `"isolation level serializable"` or `"read only"`; letters and spaces only, as postgres.js's `sql.begin`), then
+ * `COMMIT` when `body` succeeds, `ROLLBACK` when it fails or is interrupted. Statements inside run through
+ * {@link query} on `tx`: an interrupted one is cancelled on the server, so nothing of the transaction commits. If a
+ * cancel made the connection unsafe it is retired instead (the server then aborts the transaction with the
+ * session).
+ *
+ * @example
+ * ```ts
+ * import * as Effect from "effect/Effect"
+ * import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
+ * import type postgres from "postgres"
+ *
+ * declare const sql: postgres.Sql<{}> // from PostgresJsAdapter.make
+ * const moved = PostgresJsAdapter.transaction(sql, (tx) =>
+ *   Effect.gen(function*() {
+ *     yield* PostgresJsAdapter.query(tx, (tx) => tx`UPDATE accounts SET balance = balance - 10 WHERE id = 1`)
+ *     yield* PostgresJsAdapter.query(tx, (tx) => tx`UPDATE accounts SET balance = balance + 10 WHERE id = 2`)
+ *   }))
+ * ```
+ *
+ * @category combinators
+ * @since 0.1.0
+ */
+export const transaction = <A, E, R>(
+  sql: postgres.Sql<{}>,
+  body: (tx: postgres.ReservedSql<{}>) => Effect.Effect<A, E, R>,
+  mode: string = ""
+): Effect.Effect<A, E | PostgresJsQueryError | PostgresJsAdapterError, R | Transport> =>
+  Effect.scoped(
+    Effect.flatMap(reserve(sql), (tx) =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.gen(function*() {
+          const begin = `begin ${mode.replace(/[^a-z ]/gi, "")}`.trim()
+          yield* restore(query(tx, (tx) => tx.unsafe(begin)))
+          const exit = yield* Effect.exit(restore(body(tx)))
+          if (Exit.isSuccess(exit)) {
+            yield* query(tx, (tx) => tx`commit`)
+            return exit.value
+          }
+          // a retired connection refuses the ROLLBACK: the server aborts the transaction with the session
+          yield* Effect.ignore(query(tx, (tx) => tx`rollback`))
+          return yield* Effect.failCause(exit.cause)
+        })
+      ))
+  )

@@ -330,6 +330,37 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
       assert.strictEqual(rows[0]!.one, 1)
     }).pipe(Effect.provide(NodeTransport.layer)))
 
+  it.effect("transaction: interrupted inside, nothing commits and the connection is reused; otherwise it commits", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+      const app = appName()
+      const table = `pgjs_tx_${process.pid}_${counter}`
+      const sql = yield* PostgresJsAdapter.make({ ...plain(cluster, app), max: 1 })
+      yield* PostgresJsAdapter.query(sql, (sql) => sql`CREATE TABLE ${sql(table)} (x int)`)
+      const fiber = yield* PostgresJsAdapter.transaction(sql, (tx) =>
+        Effect.gen(function*() {
+          yield* PostgresJsAdapter.query(tx, (tx) => tx`INSERT INTO ${tx(table)} VALUES (1)`)
+          yield* PostgresJsAdapter.query(tx, (tx) => tx`SELECT pg_sleep(60)`)
+        })).pipe(Effect.forkChild)
+      const pid = yield* sleepingPid(monitor, app)
+      assert.isTrue(interruptedOnly(yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))))
+      yield* TestSession.waitUntilIdle(monitor, pid)
+      const after = yield* PostgresJsAdapter.query(
+        sql,
+        (sql) => sql`SELECT count(*)::int AS n, pg_backend_pid() AS pid FROM ${sql(table)}`
+      )
+      assert.deepStrictEqual([after[0]!.n, after[0]!.pid], [0, pid])
+      yield* PostgresJsAdapter.transaction(
+        sql,
+        (tx) => PostgresJsAdapter.query(tx, (tx) => tx`INSERT INTO ${tx(table)} VALUES (2)`),
+        "isolation level serializable"
+      )
+      const committed = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT x FROM ${sql(table)}`)
+      assert.deepStrictEqual(committed.map((row) => row.x), [2])
+      yield* PostgresJsAdapter.query(sql, (sql) => sql`DROP TABLE ${sql(table)}`)
+    }).pipe(Effect.provide(NodeTransport.layer)))
+
   it.effect("a sql that the adapter did not make is refused with a typed error", () =>
     Effect.gen(function*() {
       const notOurs = {} as postgres.Sql<{}>
