@@ -141,7 +141,7 @@ export const unavailableReason = (): string | undefined => {
     const [tool, pkg] of [
       ["krb5kdc", "krb5-kdc"],
       ["kdb5_util", "krb5-kdc"],
-      ["kadmin.local", "krb5-kdc"],
+      ["kadmin.local", "krb5-admin-server"],
       ["kinit", "krb5-user"]
     ] as const
   ) {
