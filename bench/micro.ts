@@ -7,7 +7,6 @@
  */
 import { CancelConnection, CancelKey, CancelMachine } from "@pqcancel/core"
 import { Transport } from "@pqcancel/core/Transport"
-import { NodeTransport } from "@pqcancel/node"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Queue from "effect/Queue"
@@ -68,6 +67,21 @@ const runSync = <A, E>(effect: Effect.Effect<A, E>) => () => {
   Effect.runSync(effect)
 }
 
+// the one-shot cancel with a transport that answers at once (Connected on connect, EOF on write): everything
+// pqcancel does per cancel except the socket itself
+const instantTransport = Transport.of({
+  connect: (_request, sink) => {
+    sink({ _tag: "Connected" })
+    return {
+      fd: () => -1,
+      write: () => sink({ _tag: "Eof" }),
+      startTls: () => {},
+      startGss: () => {},
+      close: () => {}
+    }
+  },
+  gssCredentialsAvailable: () => Effect.succeed(false)
+})
 console.log(`${"operation (no I/O)".padEnd(58)} ${"time".padStart(10)}  ${"alloc".padStart(9)}`)
 measure("Effect.runSync(Effect.succeed(1)) (baseline per run)", runSync(Effect.succeed(1)))
 measure("Semaphore.make(1)", runSync(Semaphore.make(1)))
@@ -87,7 +101,7 @@ measure(
 )
 measure(
   "Effect.scoped(CancelConnection.make(session))",
-  runSync(Effect.scoped(CancelConnection.make(session)).pipe(Effect.provide(NodeTransport.layer)))
+  runSync(Effect.scoped(CancelConnection.make(session)).pipe(Effect.provideService(Transport, instantTransport)))
 )
 const config = CancelMachine.makeConfig({
   host: session.host,
@@ -117,21 +131,6 @@ measure("CancelMachine: start → connected → eof (3 pure steps)", () => {
   CancelMachine.step(config, b.state, CancelMachine.Events.eof)
 })
 
-// the one-shot cancel with a transport that answers at once (Connected on connect, EOF on write): everything
-// pqcancel does per cancel except the socket itself
-const instantTransport = Transport.of({
-  connect: (_request, sink) => {
-    sink({ _tag: "Connected" })
-    return {
-      fd: () => -1,
-      write: () => sink({ _tag: "Eof" }),
-      startTls: () => {},
-      startGss: () => {},
-      close: () => {}
-    }
-  },
-  gssCredentialsAvailable: () => Effect.succeed(false)
-})
 measure(
   "CancelConnection.cancel (fake transport answering at once)",
   runSync(CancelConnection.cancel(session).pipe(Effect.provideService(Transport, instantTransport), Effect.orDie))

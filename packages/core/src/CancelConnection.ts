@@ -142,8 +142,17 @@ export const validateSession = (session: SessionInfo): string | undefined => {
   if (session.open === false) return "connection not open"
   if (session.key === undefined) return "no cancellation key received"
   // pqConnectOptions2's checks, whatever built the options (the parser already ran them on parsed ones)
-  const options = ConnectionOptionsNs.validate(session.options)
-  return Result.isFailure(options) ? options.failure.message : undefined
+  return optionsError(session.options)
+}
+
+// options are immutable: check each options object once (an application holds one per pool), not per cancel
+const optionsChecked = new WeakMap<ConnectionOptions, string | undefined>()
+const optionsError = (options: ConnectionOptions): string | undefined => {
+  if (optionsChecked.has(options)) return optionsChecked.get(options)
+  const checked = ConnectionOptionsNs.validate(options)
+  const error = Result.isFailure(checked) ? checked.failure.message : undefined
+  optionsChecked.set(options, error)
+  return error
 }
 
 // ---------------------------------------------------------------------------------------------------------------
