@@ -102,6 +102,47 @@ export const postgresjsCancel = (query: PostgresQuery): { readonly t0: number; r
  * with ALPN), no validation, no state machine, no Effect. What any Node implementation pays at least. `tls` is the
  * TLS setup (see {@link floorTls}): tuned like NodeTransport (one SecureContext per cell, classical groups) or naive.
  */
+export const rawCancelWith = (
+  remote: TestSession.Remote,
+  packet: Uint8Array,
+  mode: "disable" | "sslrequest" | "direct",
+  tls: Tls.ConnectionOptions,
+  done: (error?: Error) => void
+): void => {
+  const target = remote._tag === "Unix"
+    ? { path: remote.path }
+    : { host: remote.address, port: remote.port, family: remote.family, noDelay: true }
+  const finish = (socket: Net.Socket) => {
+    socket.once("end", () => {
+      socket.destroy()
+      done()
+    })
+    socket.resume()
+  }
+  if (mode === "direct") {
+    const secure = Tls.connect({ ...target, ...tls, ALPNProtocols: ["postgresql"] })
+    secure.once("error", done)
+    secure.once("secureConnect", () => secure.write(packet))
+    return finish(secure)
+  }
+  const socket = Net.connect(target)
+  socket.once("error", done)
+  socket.once("connect", () => {
+    if (mode === "disable") {
+      socket.write(packet)
+      return finish(socket)
+    }
+    socket.write(SSL_REQUEST)
+    socket.once("data", () => {
+      const secure = Tls.connect({ socket, ...tls, ALPNProtocols: ["postgresql"] })
+      secure.once("error", done)
+      secure.once("secureConnect", () => secure.write(packet))
+      finish(secure)
+    })
+  })
+}
+
+/** {@link rawCancelWith} as a promise of its start and end times (for bench/profile.ts). */
 export const rawCancel = (
   remote: TestSession.Remote,
   packet: Uint8Array,
@@ -110,38 +151,8 @@ export const rawCancel = (
 ) =>
   new Promise<{ t0: number; t1: number }>((resolve, reject) => {
     const t0 = performance.now()
-    const target = remote._tag === "Unix"
-      ? { path: remote.path }
-      : { host: remote.address, port: remote.port, family: remote.family, noDelay: true }
-    const finish = (socket: Net.Socket) => {
-      socket.once("end", () => {
-        const t1 = performance.now()
-        socket.destroy()
-        resolve({ t0, t1 })
-      })
-      socket.resume()
-    }
-    if (mode === "direct") {
-      const secure = Tls.connect({ ...target, ...tls, ALPNProtocols: ["postgresql"] })
-      secure.once("error", reject)
-      secure.once("secureConnect", () => secure.write(packet))
-      return finish(secure)
-    }
-    const socket = Net.connect(target)
-    socket.once("error", reject)
-    socket.once("connect", () => {
-      if (mode === "disable") {
-        socket.write(packet)
-        return finish(socket)
-      }
-      socket.write(SSL_REQUEST)
-      socket.once("data", () => {
-        const secure = Tls.connect({ socket, ...tls, ALPNProtocols: ["postgresql"] })
-        secure.once("error", reject)
-        secure.once("secureConnect", () => secure.write(packet))
-        finish(secure)
-      })
-    })
+    rawCancelWith(remote, packet, mode, tls, (error) =>
+      error === undefined ? resolve({ t0, t1: performance.now() }) : reject(error))
   })
 
 /**
@@ -326,7 +337,10 @@ export const makeCellRunner = Effect.fnUntraced(function*(
       }
     )
     yield* waitSleeping(monitor, app("pg"), 1)
-    const { t0, t1 } = yield* Effect.tryPromise({ try: () => pgCancel(client, cancelConfig), catch: benchError("pg") })
+    // timed from the caller's fiber, as pqcancel is: the cancel call until the caller runs again
+    const t0 = performance.now()
+    yield* Effect.tryPromise({ try: () => pgCancel(client, cancelConfig), catch: benchError("pg") })
+    const t1 = performance.now()
     yield* Effect.promise(() => done)
     yield* checkCancelled("pg", code)
     return { dispatch: t1 - t0, e2e: tResult - t0 }
@@ -347,10 +361,14 @@ export const makeCellRunner = Effect.fnUntraced(function*(
       }
     )
     yield* waitSleeping(monitor, app("postgresjs"), 1)
-    const { closed, t0 } = postgresjsCancel(query)
+    // timed from the caller's fiber, as pqcancel is: the cancel call until the caller runs again
+    const t0 = performance.now()
+    const { closed } = postgresjsCancel(query)
     const t1 = encrypted
       ? Number.NaN
-      : yield* Effect.tryPromise({ try: () => closed, catch: benchError("postgres.js") })
+      : yield* Effect.tryPromise({ try: () => closed, catch: benchError("postgres.js") }).pipe(
+        Effect.map(() => performance.now())
+      )
     yield* Effect.promise(() => done)
     yield* checkCancelled("postgresjs", code)
     return { dispatch: t1 - t0, e2e: tResult - t0 }
@@ -367,10 +385,14 @@ export const makeCellRunner = Effect.fnUntraced(function*(
         Effect.forkChild
       )
       const tls = system === "node-floor" ? floorSetup.tuned : floorSetup.naive
-      const { t0, t1 } = yield* Effect.tryPromise({
-        try: () => rawCancel(floorSession.remote, floorPacket, negotiation, tls),
-        catch: benchError("raw cancel")
+      // the hand-written socket code inside one Effect.callback, timed from the caller's fiber as pqcancel is
+      const t0 = performance.now()
+      yield* Effect.callback<void, BenchError>((resume) => {
+        rawCancelWith(floorSession.remote, floorPacket, negotiation, tls, (error) => {
+          resume(error === undefined ? Effect.void : Effect.fail(benchError("raw cancel")(error)))
+        })
       })
+      const t1 = performance.now()
       const result = yield* Fiber.join(fiber).pipe(Effect.mapError(benchError("query result")))
       yield* checkCancelled(system, result._tag === "Error" ? result.sqlstate : "00000")
       return { dispatch: t1 - t0, e2e: tResult - t0 }
