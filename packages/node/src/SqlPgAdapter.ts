@@ -46,6 +46,7 @@ import * as CancelOnInterrupt from "@pqcancel/core/CancelOnInterrupt"
 import * as ConnectionOptions from "@pqcancel/core/ConnectionOptions"
 import { Transport } from "@pqcancel/core/Transport"
 import * as Cause from "effect/Cause"
+import * as Config from "effect/Config"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -665,3 +666,28 @@ export const layer = (
   options?: Options
 ): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, SqlError | InvalidOption, Transport> =>
   PgClient.layerFrom(make(config, options))
+
+/**
+ * {@link layer} from a wrapped config, like `PgClient.layerConfig`.
+ *
+ * @example
+ * ```ts
+ * import * as Config from "effect/Config"
+ * import * as Layer from "effect/Layer"
+ * import { NodeTransport } from "@pqcancel/node"
+ * import * as SqlPgAdapter from "@pqcancel/node/SqlPgAdapter"
+ *
+ * const SqlLive = SqlPgAdapter.layerConfig({
+ *   url: Config.Redacted("DATABASE_URL"),
+ *   maxConnections: Config.Int("DATABASE_POOL_SIZE").pipe(Config.withDefault(10))
+ * }).pipe(Layer.provide(NodeTransport.layer))
+ * ```
+ *
+ * @category layers
+ * @since 0.1.0
+ */
+export const layerConfig = (
+  config: Config.Wrap<PgClient.PgPoolConfig>,
+  options?: Options
+): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, Config.ConfigError | SqlError | InvalidOption, Transport> =>
+  PgClient.layerFrom(Effect.flatMap(Config.unwrap(config), (resolved) => make(resolved, options)))

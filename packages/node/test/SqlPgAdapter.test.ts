@@ -15,6 +15,8 @@ import { NodeTransport } from "@pqcancel/node"
 import * as SqlPgAdapter from "@pqcancel/node/SqlPgAdapter"
 import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
 import * as Cause from "effect/Cause"
+import * as Config from "effect/Config"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -429,6 +431,33 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
       const known = new Set((pids._tag === "Ok" ? pids.rows[0]![0]! : "").split(",").map(Number))
       assert.isTrue(served.every((pid) => known.has(pid)))
       assert.strictEqual(proxy.connections(), 20)
+    }))
+
+  it.effect("layerConfig: the PgClient config from Config; an interrupted statement is cancelled", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const spy = yield* spyTransport
+      const context = yield* Layer.build(
+        SqlPgAdapter.layerConfig({
+          url: Config.Redacted("DATABASE_URL"),
+          maxConnections: Config.Int("POOL_SIZE")
+        }).pipe(
+          Layer.provide(Layer.succeed(Transport, spy.service)),
+          Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnvRecord({
+            DATABASE_URL: `postgres://postgres@localhost:${cluster.port}/postgres?sslmode=disable`,
+            POOL_SIZE: "1"
+          })))
+        )
+      )
+      const sql = Context.get(context, PgClient.PgClient)
+      const monitor = yield* monitorOf(cluster)
+      const pid = yield* backendPid(sql)
+      const fiber = yield* sql`SELECT pg_sleep(60)`.pipe(Effect.forkChild)
+      yield* TestSession.waitUntilSleeping(monitor, pid)
+      yield* Fiber.interrupt(fiber)
+      assert.strictEqual(spy.connects(), 1)
+      assert.strictEqual(yield* queryValue(monitor, `SELECT state FROM pg_stat_activity WHERE pid = ${pid}`), "idle")
+      assert.strictEqual(yield* backendPid(sql), pid)
     }))
 
   it.effect("the private read fails with a typed error, never a wrong key or address, when internals change", () =>
