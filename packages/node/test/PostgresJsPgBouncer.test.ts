@@ -1,0 +1,72 @@
+/**
+ * postgres.js behind a real PgBouncer (session and transaction pooling), through the adapter with
+ * `retireUnlessCanceled`: the cancel goes to PgBouncer (the session's address, with the key PgBouncer gave),
+ * PgBouncer forwards it, the query ends with 57014, so the connection is kept and serves the next query.
+ */
+import { assert, describe, layer } from "@effect/vitest"
+import { NodeTransport } from "@pqcancel/node"
+import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
+import { EmbeddedPostgres, PgBouncer, TestSession } from "@pqcancel/test-utils"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+
+const reason = PgBouncer.unavailableReason()
+
+if (reason !== undefined) {
+  // oxlint-disable-next-line effecttsgo/no-console -- say once, in the test output, why the suite is skipped
+  console.warn(`PostgresJsAdapter behind PgBouncer tests skipped: ${reason}`)
+}
+
+describe.skipIf(reason !== undefined)("PostgresJsAdapter behind PgBouncer", () => {
+  layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 seconds" })(
+    "PostgresJsAdapter behind PgBouncer",
+    (it) => {
+      for (const poolMode of ["session", "transaction"] as const) {
+        it.effect(`${poolMode} pooling: the cancel stops the query and the connection is kept`, () =>
+          Effect.gen(function*() {
+            const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+            const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+            const bouncer = yield* PgBouncer.make(cluster, { poolMode })
+            const app = `pgjs-bouncer-${poolMode}-${process.pid}`
+            let closes = 0
+            const sql = yield* PostgresJsAdapter.make({
+              host: bouncer.host,
+              port: bouncer.port,
+              user: "postgres",
+              database: "postgres",
+              max: 1,
+              // transaction pooling: no named prepared statements
+              prepare: false,
+              fetch_types: false,
+              onnotice: () => {},
+              onclose: () => {
+                closes++
+              },
+              connection: { application_name: app },
+              cancel: { retireUnlessCanceled: true }
+            })
+            let captured: Promise<unknown> | undefined
+            const fiber = yield* PostgresJsAdapter.query(sql, (sql) => {
+              const q = sql`SELECT pg_sleep(60)`
+              captured = q.catch((error: unknown) => error)
+              return q
+            }).pipe(Effect.forkChild)
+            const probe =
+              `SELECT pid FROM pg_stat_activity WHERE application_name = '${app}' AND wait_event = 'PgSleep'`
+            yield* TestSession.waitUntil(monitor, probe, (value) => value !== null && value !== undefined, {
+              timeout: "20 seconds"
+            })
+            const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
+            assert.isTrue(Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause))
+            assert.strictEqual(((yield* Effect.promise(() => captured!)) as { readonly code?: string }).code, "57014")
+            // not retired: the same client connection to PgBouncer serves the next query (none was closed)
+            const rows = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT 1 AS one`)
+            assert.strictEqual(rows[0]!.one, 1)
+            assert.strictEqual(closes, 0)
+          }).pipe(Effect.scoped, Effect.provide(NodeTransport.layer)))
+      }
+    }
+  )
+})
