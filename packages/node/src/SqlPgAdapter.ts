@@ -11,8 +11,9 @@
  *
  * sql-pg does not export a connection's backend key, socket or encryption; {@link readSession} is the one function
  * that reads them (tested with {@link testedVersions}) and fails with {@link SqlPgInternalsChanged} — never a wrong
- * key or address — when they are not where and what it expects. `docs/upstream-sql-pg.md` proposes the public API
- * that would remove it.
+ * key or address — when they are not where and what it expects. Through the `SqlClient` that failure is a
+ * `SqlError` (reason `UnknownError`, `operation: "pqcancel.sessionInfo"`, `cause`: the `SqlPgInternalsChanged`) and
+ * the statement is not run. `docs/upstream-sql-pg.md` proposes the public API that would remove the read.
  *
  * @example
  * ```ts
