@@ -2,8 +2,9 @@
  * The Node.js {@link Transport} for pqcancel: TCP (IPv4/IPv6) to the exact remote address, unix sockets, TLS by
  * SSLRequest upgrade on the same socket or by direct TLS with ALPN `postgresql`, server verification per sslmode
  * (verify-ca, verify-full with libpq's host name check, `sslrootcert` file or `system`), client certificates with
- * encrypted keys, SNI, CRLs, TLS version bounds, keepalives and TCP_NODELAY. Every socket belongs to the Scope it
- * was opened in.
+ * encrypted keys, SNI, CRLs, TLS version bounds, keepalives and TCP_NODELAY; GSSAPI encryption (`gssencmode`,
+ * `krbsrvname`) through {@link NodeGss} when koffi and the system's MIT GSSAPI library load ({@link makeWith} turns it
+ * off or names a credential cache). Every socket belongs to the Scope it was opened in.
  *
  * @example
  * ```ts

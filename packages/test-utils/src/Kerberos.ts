@@ -179,7 +179,13 @@ const run = (file: string, args: ReadonlyArray<string>, env: Record<string, stri
  * @category constructors
  * @since 0.1.0
  */
-export const make: Effect.Effect<Realm, KerberosFailed, Scope.Scope> = Effect.gen(function*() {
+export const make: Effect.Effect<Realm, KerberosFailed, Scope.Scope> = Effect.suspend(() => startOnce).pipe(
+  // the KDC's port was free when chosen but taken before krb5kdc bound it: once more with a fresh one
+  Effect.retry({ times: 2, while: (error) => /Address already in use/.test(error.log) }),
+  Effect.withSpan("Kerberos.make")
+)
+
+const startOnce: Effect.Effect<Realm, KerberosFailed, Scope.Scope> = Effect.gen(function*() {
   const reason = unavailableReason()
   if (reason !== undefined) return yield* new KerberosFailed({ message: reason, log: "" })
   const tool = (name: string) => findTool(name)!
@@ -307,7 +313,7 @@ export const make: Effect.Effect<Realm, KerberosFailed, Scope.Scope> = Effect.ge
     emptyCcache: `FILE:${file("no-such-ccache")}`,
     logs: Effect.sync(logText)
   } satisfies Realm
-}).pipe(Effect.withSpan("Kerberos.make"))
+})
 
 // this process's Kerberos environment points at the realm while the layer lives (the library reads it per call)
 const withEnvironment = (realm: Realm): Effect.Effect<void, never, Scope.Scope> =>
