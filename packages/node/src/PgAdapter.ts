@@ -332,6 +332,15 @@ export interface QueryOptions {
   readonly onNotCanceled?: ((exit: Exit.Exit<unknown, unknown>) => Effect.Effect<void>) | undefined
 }
 
+// the options derived from a client, once per client (its host, port and ssl do not change once connected)
+const derived = new WeakMap<pg.Client, ConnectionOptions.ConnectionOptions>()
+const derivedOptions = (client: pg.Client): Effect.Effect<ConnectionOptions.ConnectionOptions, InvalidOption> =>
+  Effect.suspend(() => {
+    const cached = derived.get(client)
+    if (cached !== undefined) return Effect.succeed(cached)
+    return Effect.tap(optionsFromClient(client), (options) => Effect.sync(() => derived.set(client, options)))
+  })
+
 // one queue per client: the adapter's queries on a client run one at a time
 const locks = new WeakMap<pg.Client, Semaphore.Semaphore>()
 const lockOf = (client: pg.Client): Semaphore.Semaphore => {
@@ -392,7 +401,7 @@ export const query = <R extends pg.QueryResultRow = pg.QueryResultRow>(
   lockOf(client).withPermits(1)(
     Effect.flatMap(
       options === undefined
-        ? Effect.flatMap(optionsFromClient(client), (o) => sessionInfo(client, o))
+        ? Effect.flatMap(derivedOptions(client), (o) => sessionInfo(client, o))
         : sessionInfo(client, options),
       (session) => {
         // the query object is created when the query fiber runs; `locate` may withdraw it before
