@@ -71,10 +71,15 @@ import { fromPostgresJsSsl } from "./internal/driverTls.ts"
  * @category errors
  * @since 0.1.0
  */
-export class PostgresJsQueryError extends Schema.TaggedError<PostgresJsQueryError>()("PostgresJsQueryError", {
-  message: Schema.String,
-  code: Schema.UndefinedOr(Schema.String)
-}) {}
+export class PostgresJsQueryError
+  extends Schema.TaggedError<PostgresJsQueryError>("@pqcancel/node/PostgresJsAdapter/PostgresJsQueryError")(
+    "PostgresJsQueryError",
+    {
+      message: Schema.String,
+      code: Schema.UndefinedOr(Schema.String)
+    }
+  )
+{}
 
 /**
  * The `sql` was not created by {@link make} (or {@link reserve}), its options cannot be honoured, or its reserved
@@ -83,10 +88,12 @@ export class PostgresJsQueryError extends Schema.TaggedError<PostgresJsQueryErro
  * @category errors
  * @since 0.1.0
  */
-export class PostgresJsAdapterError extends Schema.TaggedError<PostgresJsAdapterError>()(
-  "PostgresJsAdapterError",
-  { message: Schema.String }
-) {}
+export class PostgresJsAdapterError
+  extends Schema.TaggedError<PostgresJsAdapterError>("@pqcancel/node/PostgresJsAdapter/PostgresJsAdapterError")(
+    "PostgresJsAdapterError",
+    { message: Schema.String }
+  )
+{}
 
 // -----------------------------------------------------------------------------
 // models

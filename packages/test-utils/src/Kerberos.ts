@@ -54,10 +54,12 @@ import * as EmbeddedPostgres from "./EmbeddedPostgres.ts"
  * @category errors
  * @since 0.1.0
  */
-export class KerberosFailed extends Schema.TaggedError<KerberosFailed>()("KerberosFailed", {
-  message: Schema.String,
-  log: Schema.String
-}) {}
+export class KerberosFailed
+  extends Schema.TaggedError<KerberosFailed>("@pqcancel/test-utils/Kerberos/KerberosFailed")("KerberosFailed", {
+    message: Schema.String,
+    log: Schema.String
+  })
+{}
 
 /**
  * A running realm.
