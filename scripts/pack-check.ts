@@ -148,10 +148,12 @@ const main = Effect.gen(function*() {
   npmInstall(project, [...tarballs, `effect@${EFFECT_LOWEST}`, `node@${NODE_22}`, "@types/node@22"])
   const node22 = Path.join(project, "node_modules", "node", "bin", "node")
   const nodes: ReadonlyArray<readonly [string, string]> = [["Node 22", node22], ["Node 24", process.execPath]]
-  for (const [label, binary] of nodes) log(`${label}: ${run(binary, ["--version"], { cwd: project, quiet: true })}`)
+  for (const [label, binary] of nodes) {
+    log(`${label}: ${run(binary, ["--version"], { cwd: project, quiet: true }).trim()}`)
+  }
   if (Fs.existsSync(Path.join(project, "node_modules", "pg"))) throw new Error("pg was installed without asking")
-  const installed = Fs.readdirSync(Path.join(project, "node_modules", "@effect"), { withFileTypes: true })
-    .map((e) => e.name)
+  const scope = Path.join(project, "node_modules", "@effect")
+  const installed = Fs.existsSync(scope) ? Fs.readdirSync(scope) : []
   if (installed.length > 0) throw new Error(`@pqcancel/node pulled in @effect/${installed.join(", @effect/")}`)
 
   const examples = readmeExamples()
