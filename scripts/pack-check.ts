@@ -9,7 +9,7 @@
  *    packages' d.ts and compiles them to JS;
  * 4. starts an embedded PostgreSQL 18 and runs them with Node 22 and with Node 24: first `no-driver` (and an import
  *    of `@pqcancel/node` with no driver installed), then, after `npm install pg@<lowest>`, `pg`, then again with the
- *    newest pg 8.
+ *    newest pg 8; then `postgres` with postgres.js 3.4.0 and the newest 3.x.
  *
  * Exits non-zero on the first failure. `node scripts/pack-check.ts [--keep]` (`--keep` leaves the temp project).
  */
@@ -25,6 +25,8 @@ const NODE_22 = "22.12.0"
 const EFFECT_LOWEST = "4.1.0"
 const PG_LOWEST = "8.11.0"
 const PG_NEWEST = "^8"
+const POSTGRES_LOWEST = "3.4.0"
+const POSTGRES_NEWEST = "^3"
 
 const root = Path.resolve(import.meta.dirname, "..")
 const keep = process.argv.includes("--keep")
@@ -62,7 +64,7 @@ const readmeExamples = (): ReadonlyMap<string, string> => {
   for (const match of text.matchAll(/<!-- pack-check: ([\w-]+) -->\s*```ts\n([\s\S]*?)```/g)) {
     examples.set(match[1]!, match[2]!)
   }
-  for (const name of ["no-driver", "pg"]) {
+  for (const name of ["no-driver", "pg", "postgres"]) {
     if (!examples.has(name)) throw new Error(`README.md has no example marked <!-- pack-check: ${name} -->`)
   }
   return examples
@@ -204,6 +206,15 @@ const main = Effect.gen(function*() {
     log(`pg ${version}`)
     compile(project, ["pg"])
     runExample("pg", /cancelled on the server: true, same session usable: true/)
+  }
+  for (const version of [POSTGRES_LOWEST, POSTGRES_NEWEST]) {
+    npmInstall(project, [`postgres@${version}`])
+    const installed = (JSON.parse(
+      Fs.readFileSync(Path.join(project, "node_modules", "postgres", "package.json"), "utf8")
+    ) as { readonly version: string }).version
+    log(`postgres ${installed}`)
+    compile(project, ["postgres"])
+    runExample("postgres", /cancelled on the server: true, same session usable: true/)
   }
   log("the packed packages work on Node 22 and 24")
 })
