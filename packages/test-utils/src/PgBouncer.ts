@@ -39,9 +39,14 @@ import { freePort, spawnWatchdog, StartupFailed, stopWatchdog, waitFor } from ".
  * @category errors
  * @since 0.1.0
  */
-export class PgBouncerUnavailable extends Schema.TaggedError<PgBouncerUnavailable>()("PgBouncerUnavailable", {
-  message: Schema.String
-}) {}
+export class PgBouncerUnavailable
+  extends Schema.TaggedError<PgBouncerUnavailable>("@pqcancel/test-utils/PgBouncer/PgBouncerUnavailable")(
+    "PgBouncerUnavailable",
+    {
+      message: Schema.String
+    }
+  )
+{}
 
 /**
  * PgBouncer's pooling mode: a server connection per client session, or per transaction.
