@@ -11,16 +11,9 @@ import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as Schedule from "effect/Schedule"
 import * as Fs from "node:fs"
 import type pg from "pg"
-
-const waitSleeping = (monitor: pg.Client, pid: number) =>
-  Effect.promise(() => monitor.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep'", [pid]))
-    .pipe(
-      Effect.repeat({ schedule: Schedule.spaced("5 millis"), until: (r) => (r.rowCount ?? 0) > 0 }),
-      Effect.timeout("10 seconds")
-    )
+import { waitIdle, waitSleeping } from "./pgMonitor.ts"
 
 layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 seconds" })("PgAdapter", (it) => {
   const cases = [
@@ -59,9 +52,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
         // the caller sees an interruption, not the server's 57014
         assert.isTrue(Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause))
         // the server ended the query and the session is idle and reusable
-        const state = yield* Effect.promise(() =>
-          monitor.query("SELECT state FROM pg_stat_activity WHERE pid = $1", [info.key!.pid])
-        )
+        const state = yield* waitIdle(monitor, info.key!.pid)
         assert.strictEqual(state.rows[0]?.state, "idle")
         const next = yield* PgAdapter.query(client, options, "SELECT 7 AS n")
         assert.strictEqual(next.rows[0]?.n, 7)

@@ -20,6 +20,7 @@ import * as Schema from "effect/Schema"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
 import type pg from "pg"
+import { waitIdle, waitSleeping } from "./pgMonitor.ts"
 
 const waitFor = (what: string, condition: () => boolean) =>
   Effect.sync(condition).pipe(
@@ -29,13 +30,6 @@ const waitFor = (what: string, condition: () => boolean) =>
       orElse: () => Effect.die(new Error(`timed out waiting for ${what}`))
     })
   )
-
-const waitSleeping = (monitor: pg.Client, pid: number) =>
-  Effect.promise(() => monitor.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep'", [pid]))
-    .pipe(
-      Effect.repeat({ schedule: Schedule.spaced("5 millis"), until: (r) => (r.rowCount ?? 0) > 0 }),
-      Effect.timeout("10 seconds")
-    )
 
 const isInterrupted = (exit: Exit.Exit<unknown, unknown>) => Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause)
 
@@ -178,9 +172,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
         assert.isAtLeast(cancelConnections, 2, "the ignored cancel was sent again")
         assert.strictEqual(notCanceled, 0, "the statement ended cancelled")
         assert.isFalse(PgAdapter.isRetired(client))
-        const state = yield* Effect.promise(() =>
-          monitor.query("SELECT state FROM pg_stat_activity WHERE pid = $1", [info.key!.pid])
-        )
+        const state = yield* waitIdle(monitor, info.key!.pid)
         assert.strictEqual(state.rows[0]?.state, "idle")
         assert.strictEqual((yield* PgAdapter.query(client, options, "SELECT 7 AS n")).rows[0]?.n, 7)
       }).pipe(Effect.provide(NodeTransport.layer)))
