@@ -80,7 +80,19 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
       }
     ]
 
-    for (const transport of transports) {
+    const allTransports = [
+      ...transports,
+      {
+        name: "unix socket",
+        session: (c: EmbeddedPostgres.Cluster): pg.ClientConfig => ({
+          host: c.socketDir,
+          port: c.port,
+          user: "postgres"
+        }),
+        conninfo: (c: EmbeddedPostgres.Cluster) => `host=${c.socketDir} port=${c.port}`
+      }
+    ]
+    for (const transport of allTransports) {
       it.effect(`a queued query that is interrupted never runs and cancels nobody (${transport.name})`, () =>
         Effect.gen(function*() {
           const { cluster, monitor } = yield* setup
@@ -132,6 +144,36 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
         assert.strictEqual(result, "ok", "the foreign query was not cancelled")
         yield* PgAdapter.query(client, options, "SELECT 1")
         assert.strictEqual(yield* rowCount(monitor, "shared_rows", "foreign"), 0)
+      }).pipe(Effect.provide(NodeTransport.layer)))
+
+    it.effect("pipeline mode: a query written behind another's is never cancelled, it is waited for", () =>
+      Effect.gen(function*() {
+        const { cluster, monitor } = yield* setup
+        const client = yield* PgAdapter.connect({
+          host: "127.0.0.1",
+          port: cluster.port,
+          user: "postgres",
+          pipeline: true
+        })
+        const options = yield* ConnectionOptions.fromString(`host=127.0.0.1 port=${cluster.port}`)
+        const info = yield* PgAdapter.sessionInfo(client, options)
+        const foreign = client.query("SELECT pg_sleep(0.3) AS slept")
+        yield* waitSleeping(monitor, info.key!.pid)
+        const fiber = yield* PgAdapter.query(client, options, "INSERT INTO shared_rows VALUES ('pipelined', 1)").pipe(
+          Effect.forkChild
+        )
+        // pipelined: our INSERT is already written, behind the running foreign query
+        yield* waitFor(
+          "the INSERT to be written",
+          () => (client as unknown as { _sentQueryQueue: ReadonlyArray<unknown> })._sentQueryQueue.length === 1
+        )
+        const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
+        const result = yield* Effect.promise(() => foreign.then(() => "ok", (e: { code?: string }) => e.code))
+        assert.strictEqual(result, "ok", "the foreign query was not cancelled")
+        // it could not be taken back: it ran, before the interruption completed
+        assert.isTrue(isInterrupted(exit))
+        assert.strictEqual(yield* rowCount(monitor, "shared_rows", "pipelined"), 1)
+        assert.isFalse(PgAdapter.isRetired(client))
       }).pipe(Effect.provide(NodeTransport.layer)))
 
     it.effect("a cancel that reached the backend before it read the query is sent again", () =>
