@@ -126,12 +126,14 @@ const measureOne = (system: SystemId, tls: boolean, n: number) =>
   Effect.scoped(Effect.gen(function*() {
     const hole = yield* startBlackHole(tls)
     const opts = options(tls, hole.port)
-    const session: CancelConnection.SessionInfo = {
+    // N sessions, each with its own key, as N in-flight cancels of N sessions are; made before the baseline, since
+    // they are the sessions' state, not the cancels'
+    const sessions: ReadonlyArray<CancelConnection.SessionInfo> = Array.from({ length: n }, (_, i) => ({
       options: opts,
       host: opts.hosts[0]!,
       address: { _tag: "Tcp", address: "127.0.0.1", port: hole.port, family: 4 },
-      key: CancelKey.unsafeMake({ pid: 4242, secret: new Uint8Array(32).fill(7), protocolVersion: "3.2" })
-    }
+      key: CancelKey.unsafeMake({ pid: 4242 + i, secret: new Uint8Array(32).fill(7), protocolVersion: "3.2" })
+    }))
     // pg's cancel reads only activeQuery, processID and secretKey from the client it cancels
     const query = {}
     const fakeClient = { activeQuery: query, _getActiveQuery: () => query, processID: 4242, secretKey: 7 }
@@ -146,8 +148,8 @@ const measureOne = (system: SystemId, tls: boolean, n: number) =>
         catch: benchError("pg")
       })
       : Effect.forEach(
-        Array.from({ length: n }),
-        () =>
+        sessions,
+        (session) =>
           system === "pqcancel-blocking"
             ? CancelConnection.cancel(session).pipe(Effect.mapError(benchError("pqcancel")))
             : startAndPoll(session),

@@ -277,6 +277,24 @@ export const hostPrefix = (host: HostEntry, address: RemoteAddress): string => {
     : `connection to server at "${displayed}", port ${port} failed: `
 }
 
+// the actions that are the same for every cancel connection
+const CLOSE: Action = { _tag: "Close" }
+const SSL_REQUEST_WRITE: Action = { _tag: "Write", kind: "SSLRequest", bytes: SSL_REQUEST, encrypted: false }
+const GSSENC_REQUEST_WRITE: Action = { _tag: "Write", kind: "GSSENCRequest", bytes: GSSENC_REQUEST, encrypted: false }
+
+// The CancelRequest of a key, encoded once per key object: a key is immutable and a session cancels with the same one
+// (adapters keep it per connection), so a cancel allocates no packet and registers no new Redacted. The packet lives
+// as long as the key it copies.
+const cancelPackets = new WeakMap<CancelKey, Redacted.Redacted<Uint8Array>>()
+const cancelPacket = (key: CancelKey): Redacted.Redacted<Uint8Array> => {
+  let packet = cancelPackets.get(key)
+  if (packet === undefined) {
+    packet = Redacted.make(Protocol.encodeCancelRequest(key), { label: "CancelRequest" })
+    cancelPackets.set(key, packet)
+  }
+  return packet
+}
+
 /**
  * Builds the fixed configuration of a cancel connection.
  *
@@ -302,7 +320,7 @@ export const makeConfig = (options: {
     servername,
     verifyHost: name
   })
-  const cancel = Redacted.make(Protocol.encodeCancelRequest(options.key), { label: "CancelRequest" })
+  const cancel = cancelPacket(options.key)
   return {
     address: options.address,
     sslmode: options.sslmode,
@@ -313,14 +331,9 @@ export const makeConfig = (options: {
     hostPrefix: options.legacy === true ? "" : hostPrefix(options.host, options.address),
     actions: {
       connect: { _tag: "Connect", address: options.address },
-      close: { _tag: "Close" },
-      sslRequest: { _tag: "Write", kind: "SSLRequest", bytes: SSL_REQUEST, encrypted: false },
-      gssRequest: {
-        _tag: "Write",
-        kind: "GSSENCRequest",
-        bytes: GSSENC_REQUEST,
-        encrypted: false
-      },
+      close: CLOSE,
+      sslRequest: SSL_REQUEST_WRITE,
+      gssRequest: GSSENC_REQUEST_WRITE,
       cancelPlain: { _tag: "Write", kind: "CancelRequest", bytes: cancel, encrypted: false },
       cancelEncrypted: { _tag: "Write", kind: "CancelRequest", bytes: cancel, encrypted: true },
       startTls: { _tag: "StartTls", request: request(false) },
