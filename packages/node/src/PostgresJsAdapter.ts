@@ -164,7 +164,7 @@ interface Managed {
   readonly adapter: AdapterOptions
   readonly connectTimeoutSeconds: number
   /** set for a reserved connection */
-  readonly reserved: { session: Session | undefined; retired: boolean } | undefined
+  readonly reserved: { retired: boolean } | undefined
 }
 
 const managed = new WeakMap<object, Managed>()
@@ -650,7 +650,7 @@ export const reserve = (
   > => {
     const parent = managed.get(sql)
     if (parent === undefined) return Effect.fail(notManaged)
-    const state = { session: undefined as Session | undefined, retired: false }
+    const state = { retired: false }
     return Effect.acquireRelease(
       Effect.tryPromise({
         try: () => sql.reserve(),
@@ -662,6 +662,15 @@ export const reserve = (
         })
     )
   })
+
+/**
+ * Whether the adapter retired this reserved connection (a cancel could not be confirmed or the query did not end in
+ * time, or — with `retireUnlessCanceled` — it did not end cancelled): its socket was closed and it is not released.
+ *
+ * @category guards
+ * @since 0.1.0
+ */
+export const isRetired = (sql: postgres.Sql<{}>): boolean => managed.get(sql)?.reserved?.retired === true
 
 const notManaged = new PostgresJsAdapterError({
   message: "this sql was not created by PostgresJsAdapter.make or PostgresJsAdapter.reserve"
@@ -755,7 +764,6 @@ export const query = <T extends ReadonlyArray<postgres.MaybeRow>>(
       const session = m.sessions.get(sessionId(q.state.pid, q.state.secret))
       if (session === undefined || session.retired) return "elsewhere"
       running = session
-      if (m.reserved !== undefined) m.reserved.session = session
       // hold the session's reads from this very moment (not only once the cancel connects: getting there may yield
       // to the event loop) until the cancel connection is closed
       hold(session)

@@ -10,6 +10,7 @@ import { NodeTransport } from "@pqcancel/node"
 import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
 import { EmbeddedPostgres, RecordingProxy, TestSession } from "@pqcancel/test-utils"
 import * as Cause from "effect/Cause"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -231,10 +232,14 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
       // A sleeps on the only connection; B queues behind it
       const a = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT pg_sleep(60)`).pipe(Effect.forkChild)
       const pid = yield* sleepingPid(monitor, app)
-      const b = yield* PostgresJsAdapter.query(sql, (sql) => sql`INSERT INTO ${sql(table)} VALUES (1)`).pipe(
-        Effect.forkChild
-      )
-      yield* Effect.yieldNow
+      const queued = yield* Deferred.make<void>()
+      const b = yield* PostgresJsAdapter.query(sql, (sql) => {
+        Deferred.doneUnsafe(queued, Effect.void)
+        return sql`INSERT INTO ${sql(table)} VALUES (1)`
+      }).pipe(Effect.forkChild)
+      // B exists and postgres.js has queued it (its handler runs one microtask after the query starts)
+      yield* Deferred.await(queued)
+      yield* Effect.promise(() => Promise.resolve())
       const exitB = yield* Fiber.interrupt(b).pipe(Effect.andThen(Fiber.await(b)))
       assert.isTrue(interruptedOnly(exitB))
       // A was not cancelled: still sleeping
@@ -304,6 +309,39 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
       assert.notStrictEqual(rows[0]!.pid, pid)
     }).pipe(Effect.provide(NodeTransport.layer)))
 
+  it.effect("reserved connection: a queued query that is interrupted never runs, and the connection is not wedged", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+      const app = appName()
+      const table = `pgjs_reserved_${process.pid}_${counter}`
+      const sql = yield* PostgresJsAdapter.make({ ...plain(cluster, app), max: 1 })
+      yield* PostgresJsAdapter.query(sql, (sql) => sql`CREATE TABLE ${sql(table)} (x int)`)
+      const reserved = yield* PostgresJsAdapter.reserve(sql)
+      const a = yield* PostgresJsAdapter.query(reserved, (sql) => sql`SELECT pg_sleep(60)`).pipe(Effect.forkChild)
+      const pid = yield* sleepingPid(monitor, app)
+      // B waits in the reserved connection's own queue (postgres.js's query.cancel() on it would wedge the queue)
+      const queued = yield* Deferred.make<void>()
+      const b = yield* PostgresJsAdapter.query(reserved, (sql) => {
+        Deferred.doneUnsafe(queued, Effect.void)
+        return sql`INSERT INTO ${sql(table)} VALUES (1)`
+      }).pipe(Effect.forkChild)
+      yield* Deferred.await(queued)
+      yield* Effect.promise(() => Promise.resolve())
+      assert.isTrue(interruptedOnly(yield* Fiber.interrupt(b).pipe(Effect.andThen(Fiber.await(b)))))
+      const still = yield* monitor.query(`SELECT wait_event FROM pg_stat_activity WHERE pid = ${pid}`)
+      assert.deepStrictEqual(still._tag === "Ok" ? still.rows : still, [["PgSleep"]])
+      assert.isTrue(interruptedOnly(yield* Fiber.interrupt(a).pipe(Effect.andThen(Fiber.await(a)))))
+      // the reserved connection goes on: same backend, and B's statement never ran
+      const rows = yield* PostgresJsAdapter.query(
+        reserved,
+        (sql) => sql`SELECT count(*)::int AS n, pg_backend_pid() AS pid FROM ${sql(table)}`
+      )
+      assert.deepStrictEqual([rows[0]!.n, rows[0]!.pid], [0, pid])
+      assert.isFalse(PostgresJsAdapter.isRetired(reserved))
+      yield* PostgresJsAdapter.query(reserved, (sql) => sql`DROP TABLE ${sql(table)}`)
+    }).pipe(Effect.scoped, Effect.provide(NodeTransport.layer)))
+
   it.effect("a reserved connection whose cancel cannot be confirmed is retired and never released", () =>
     Effect.gen(function*() {
       const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
@@ -322,6 +360,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
       const pid = yield* sleepingPid(monitor, app)
       const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
       assert.isTrue(interruptedOnly(exit))
+      assert.isTrue(PostgresJsAdapter.isRetired(reserved))
       const again = yield* Effect.exit(PostgresJsAdapter.query(reserved, (sql) => sql`SELECT 1`))
       assert.isTrue(Exit.isFailure(again) && String(Cause.squash(again.cause)).includes("retired"), String(again))
       yield* monitor.query(`SELECT pg_terminate_backend(${pid})`)
