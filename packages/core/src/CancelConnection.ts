@@ -439,8 +439,12 @@ const traced = <A, E, R>(session: SessionInfo, untracked: Effect.Effect<A, E, R>
  */
 export const cancelAll = (
   sessions: Iterable<SessionInfo>,
-  options?: { readonly concurrency?: number | undefined; readonly timeout?: Duration.Input | undefined }
+  options?: BlockingOptions & { readonly concurrency?: number | undefined }
 ): Effect.Effect<Array<Result.Result<void, CancelCreateError | CancelFailed | CancelTimeout>>, never, Transport> =>
-  Effect.forEach(sessions, (session) => Effect.result(cancel(session, { timeout: options?.timeout })), {
-    concurrency: options?.concurrency ?? 32
-  })
+  Effect.forEach(
+    sessions,
+    (session) => Effect.result(cancel(session, { timeout: options?.timeout, retry: options?.retry })),
+    {
+      concurrency: options?.concurrency ?? 32
+    }
+  )

@@ -156,6 +156,19 @@ describe("CancelConnection retry", () => {
       assert.deepStrictEqual(fake.attempts, ["refused", "refused", "refused"])
     }))
 
+  it.effect("cancelAll passes the schedule to every cancel", () =>
+    Effect.gen(function*() {
+      const session = yield* plain
+      const fake = fakeTransport(["refused", "refused", "ok"])
+      const fiber = yield* CancelConnection.cancelAll([session, session], {
+        retry: Schedule.spaced("1 second"),
+        concurrency: 1
+      }).pipe(Effect.provideService(Transport, fake.service), Effect.forkChild)
+      const results = yield* driveUntilDone(fiber, "1 second", 10).pipe(Effect.flatten)
+      assert.deepStrictEqual(results.map((r) => r._tag), ["Success", "Success"])
+      assert.deepStrictEqual(fake.attempts, ["refused", "refused", "ok", "ok"])
+    }))
+
   it.effect("blocking on a cancel connection resets between attempts and ends OK", () =>
     Effect.gen(function*() {
       const session = yield* plain
