@@ -3,8 +3,13 @@
  * verify-* refuse to send the key; direct TLS fails the handshake.
  */
 import { assert, layer } from "@effect/vitest"
-import { EmbeddedPostgres } from "@pqcancel/test-utils"
+import { NodeTransport } from "@pqcancel/node"
+import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
+import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
+import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import { assertCancelled, assertStillSleeping, cancelWith } from "./fixtures.ts"
 
 const plaintextSession = { tls: "disable" } as const
@@ -60,5 +65,40 @@ layer(EmbeddedPostgres.layer({ version: 18, tls: false }), { excludeTestServices
         assert.strictEqual(result.errorTag, "CancelFailed")
         assert.match(result.error ?? "", /^connection to server at "127\.0\.0\.1", port \d+ failed: SSL/)
       }))
+
+    // postgres.js (PostgresJsAdapter): ssl "prefer" falls back to a plaintext session, whose cancel is plaintext;
+    // "require" refuses to connect
+    it.effect("postgres.js ssl=prefer: a plaintext session, cancelled in plaintext; ssl=require does not connect", () =>
+      Effect.gen(function*() {
+        const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+        const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+        const base = {
+          host: "127.0.0.1",
+          port: cluster.port,
+          user: "postgres",
+          database: "postgres",
+          max: 1,
+          onnotice: () => {},
+          connection: { application_name: "pgjs-prefer" }
+        }
+        const sql = yield* PostgresJsAdapter.make({ ...base, ssl: "prefer" })
+        let captured: Promise<unknown> | undefined
+        const fiber = yield* PostgresJsAdapter.query(sql, (sql) => {
+          const q = sql`SELECT pg_sleep(60)`
+          captured = q.catch((error: unknown) => error)
+          return q
+        }).pipe(Effect.forkChild)
+        yield* TestSession.waitUntil(
+          monitor,
+          "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgjs-prefer' AND wait_event = 'PgSleep'",
+          (value) => value !== null && value !== undefined
+        )
+        yield* Fiber.interrupt(fiber)
+        assert.strictEqual(((yield* Effect.promise(() => captured!)) as { readonly code?: string }).code, "57014")
+        const strict = yield* PostgresJsAdapter.make({ ...base, ssl: "require" })
+        const refused = yield* Effect.exit(PostgresJsAdapter.query(strict, (sql) => sql`SELECT 1`))
+        assert.isTrue(Exit.isFailure(refused))
+        assert.include(String(Exit.isFailure(refused) ? Cause.squash(refused.cause) : ""), "does not support SSL")
+      }).pipe(Effect.scoped, Effect.provide(NodeTransport.layer)))
   }
 )
