@@ -38,6 +38,8 @@ interface Scenario {
   /** whether the sslmode requires encryption: the key must never be in plaintext */
   readonly encrypted: boolean
   readonly modes?: ReadonlyArray<Mode>
+  /** what libpq must report in blocking mode: proves the scenario exercises what it is named for */
+  readonly libpqError?: RegExp
 }
 
 const verifyFull = `host=localhost sslmode=verify-full sslrootcert=${CA}`
@@ -48,19 +50,71 @@ const scenarios: ReadonlyArray<Scenario> = [
   { id: "verify-full", conninfo: verifyFull, script: ["forward"], encrypted: true },
   { id: "direct", conninfo: "sslmode=require sslnegotiation=direct", script: ["forward"], encrypted: true },
   { id: "prefer-N", conninfo: "sslmode=prefer", script: ["answerN"], encrypted: false },
-  { id: "require-N", conninfo: "sslmode=require", script: ["answerN"], encrypted: true },
-  { id: "require-E", conninfo: "sslmode=require", script: ["answerE"], encrypted: true },
-  { id: "require-garbage", conninfo: "sslmode=require", script: ["answerGarbage"], encrypted: true },
+  {
+    id: "require-N",
+    conninfo: "sslmode=require",
+    script: ["answerN"],
+    encrypted: true,
+    libpqError: /failed: server does not support SSL, but SSL was required\n$/
+  },
+  {
+    id: "require-E",
+    conninfo: "sslmode=require",
+    script: ["answerE"],
+    encrypted: true,
+    libpqError: /failed: server sent an error response during SSL exchange\n$/
+  },
+  {
+    id: "require-garbage",
+    conninfo: "sslmode=require",
+    script: ["answerGarbage"],
+    encrypted: true,
+    libpqError: /failed: received invalid response to SSL negotiation: X\n$/
+  },
   { id: "require-close", conninfo: "sslmode=require", script: ["close"], encrypted: true },
-  { id: "require-silent", conninfo: "sslmode=require connect_timeout=2", script: ["silent"], encrypted: true },
-  { id: "verify-full-impostor", conninfo: verifyFull, script: ["impostor"], encrypted: true },
+  {
+    id: "require-silent",
+    conninfo: "sslmode=require connect_timeout=2",
+    script: ["silent"],
+    encrypted: true,
+    libpqError: /failed: timeout expired\n$/
+  },
+  {
+    id: "verify-full-impostor",
+    conninfo: verifyFull,
+    script: ["impostor"],
+    encrypted: true,
+    libpqError: /failed: SSL error: certificate verify failed\n$/
+  },
   {
     id: "direct-impostor",
     conninfo: `${verifyFull} sslnegotiation=direct`,
     script: ["impostor"],
-    encrypted: true
+    encrypted: true,
+    libpqError: /failed: SSL error: certificate verify failed\n$/
   },
-  { id: "require-S-not-TLS", conninfo: "sslmode=require", script: ["sThenGarbage"], encrypted: true },
+  {
+    id: "verify-full-client-cert-impostor",
+    conninfo: verifyFull,
+    script: ["impostorClientCert"],
+    encrypted: true,
+    libpqError: /failed: SSL error: certificate verify failed\n$/
+  },
+  {
+    id: "verify-ca-client-cert-impostor",
+    conninfo: `host=localhost sslmode=verify-ca sslrootcert=${CA}`,
+    script: ["impostorClientCert"],
+    encrypted: true,
+    libpqError: /failed: SSL error: certificate verify failed\n$/
+  },
+  {
+    id: "require-S-not-TLS",
+    conninfo: "sslmode=require",
+    script: ["sThenGarbage"],
+    encrypted: true,
+    libpqError:
+      /failed: SSL error: wrong version number\nThis may indicate that the server does not support any SSL protocol version between TLSv1.2 and TLSv1.3.\n$/
+  },
   { id: "prefer-S-not-TLS", conninfo: "sslmode=prefer", script: ["sThenGarbage", "forward"], encrypted: false },
   {
     id: "require-S-with-data",
@@ -278,7 +332,7 @@ const assertKeySafe = (scenario: Scenario, client: string, run: Run) => {
   for (const record of run.records) {
     assert.notInclude(record.packets, "CancelRequest", `${scenario.id}/${client}: no plaintext CancelRequest`)
     // an impostor must never get the request either
-    if (record.behaviour === "impostor") {
+    if (record.behaviour === "impostor" || record.behaviour === "impostorClientCert") {
       assert.strictEqual(record.insideTls.length, 0, `${scenario.id}/${client}: nothing reached the impostor`)
     }
     if (client === "pqcancel") assert.isFalse(contains(record.wire, SECRET), `${scenario.id}: key bytes on the wire`)
@@ -318,6 +372,9 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
             }
             for (const mode of scenario.modes ?? (["poll", "blocking"] as const)) {
               const theirs = yield* recorded(proxy, scenario.script, libpqRun(driver, mode))
+              if (mode === "blocking" && scenario.libpqError !== undefined) {
+                assert.match(theirs.outcome.error ?? "", scenario.libpqError, `${scenario.id}: libpq's error`)
+              }
               const ours = yield* recorded(proxy, scenario.script, pqcancelRun(session, mode))
               assertKeySafe(scenario, "libpq", theirs)
               assertKeySafe(scenario, "pqcancel", ours)

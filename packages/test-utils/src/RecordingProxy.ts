@@ -37,6 +37,8 @@ import { replayDuplex } from "./internal/replayDuplex.ts"
  * - `silent`: read everything, answer nothing (until the client hangs up)
  * - `impostor`: TLS (after `S` to an SSLRequest, or direct) with another CA's certificate; what arrives inside TLS is
  *   recorded, then FIN
+ * - `impostorClientCert`: the same with a certificate the right CA signed for clients only (`client.crt`: wrong
+ *   purpose, wrong name)
  * - `sThenGarbage`: `S`, then answer the ClientHello with non-TLS bytes, then FIN
  * - `sWithData`: `S` and unencrypted bytes in one segment, then silent
  *
@@ -51,6 +53,7 @@ export type Behaviour =
   | "close"
   | "silent"
   | "impostor"
+  | "impostorClientCert"
   | "sThenGarbage"
   | "sWithData"
 
@@ -172,7 +175,10 @@ export const make = (options: { readonly upstreamPort: number }): Effect.Effect<
     let queue: Array<Behaviour> = []
     const records: Array<Mutable> = []
     const sockets = new Set<Net.Socket>()
-    const impostor = { cert: fixture("wrong-ca.crt"), key: fixture("wrong-ca.key") }
+    const impostors = {
+      impostor: { cert: fixture("wrong-ca.crt"), key: fixture("wrong-ca.key") },
+      impostorClientCert: { cert: fixture("client.crt"), key: fixture("client.key") }
+    }
 
     const track = (socket: Net.Socket) => {
       sockets.add(socket)
@@ -250,7 +256,9 @@ export const make = (options: { readonly upstreamPort: number }): Effect.Effect<
           })
           return
         }
-        case "impostor": {
+        case "impostor":
+        case "impostorClientCert": {
+          const impostor = impostors[record.behaviour]
           client.once("data", (first: Buffer) => {
             recordData(first)
             const direct = first[0] === 0x16
