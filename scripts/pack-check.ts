@@ -9,7 +9,7 @@
  *    packages' d.ts and compiles them to JS;
  * 4. starts an embedded PostgreSQL 18 and runs them with Node 22 and with Node 24: first `no-driver` (and an import
  *    of `@pqcancel/node` with no driver installed), then, after `npm install pg@<lowest>`, `pg`, then again with the
- *    newest pg 8; then `postgres` with postgres.js 3.4.0 and the newest 3.x.
+ *    newest pg 8; then `postgres` with postgres.js 3.4.0 and the newest 3.x; then `sql-pg` with @effect/sql-pg.
  *
  * Exits non-zero on the first failure. `node scripts/pack-check.ts [--keep]` (`--keep` leaves the temp project).
  */
@@ -27,6 +27,7 @@ const PG_LOWEST = "8.11.0"
 const PG_NEWEST = "^8"
 const POSTGRES_LOWEST = "3.4.0"
 const POSTGRES_NEWEST = "^3"
+const SQL_PG = "4.0.5"
 
 const root = Path.resolve(import.meta.dirname, "..")
 const keep = process.argv.includes("--keep")
@@ -64,7 +65,7 @@ const readmeExamples = (): ReadonlyMap<string, string> => {
   for (const match of text.matchAll(/<!-- pack-check: ([\w-]+) -->\s*```ts\n([\s\S]*?)```/g)) {
     examples.set(match[1]!, match[2]!)
   }
-  for (const name of ["no-driver", "pg", "postgres"]) {
+  for (const name of ["no-driver", "pg", "postgres", "sql-pg"]) {
     if (!examples.has(name)) throw new Error(`README.md has no example marked <!-- pack-check: ${name} -->`)
   }
   return examples
@@ -186,7 +187,9 @@ const main = Effect.gen(function*() {
     PGSSLROOTCERT: cluster.caCertPath,
     PGCONNECT_TIMEOUT: "10",
     // node-postgres (ssl: true with PGSSLMODE=verify-full) trusts Node's CA store
-    NODE_EXTRA_CA_CERTS: cluster.caCertPath
+    NODE_EXTRA_CA_CERTS: cluster.caCertPath,
+    DATABASE_URL: `postgres://postgres@localhost:${cluster.port}/postgres?sslmode=verify-full` +
+      `&sslrootcert=${encodeURIComponent(cluster.caCertPath)}`
   }
   const runExample = (name: string, expect: RegExp) => {
     for (const [label, binary] of nodes) {
@@ -216,6 +219,10 @@ const main = Effect.gen(function*() {
     compile(project, ["postgres"])
     runExample("postgres", /cancelled on the server: true, same session usable: true/)
   }
+  npmInstall(project, [`@effect/sql-pg@${SQL_PG}`])
+  log(`@effect/sql-pg ${SQL_PG}`)
+  compile(project, ["sql-pg"])
+  runExample("sql-pg", /cancelled on the server: true, same session usable: true/)
   log("the packed packages work on Node 22 and 24")
 })
 
