@@ -397,6 +397,8 @@ const socketFactory = (
         const answer = parsed.sslnegotiation === "direct" ? "S" : await sslRequest(raw, deadline)
         if (answer === "S") {
           socket = await startTls(raw, target, parsed, deadline)
+          // the TLS socket reports the connection's errors (postgres.js listens there); the raw one must not throw
+          raw.on("error", () => {})
           encrypted = true
         } else if (ssl !== "prefer") {
           throw new Error("server does not support SSL, but SSL was required")

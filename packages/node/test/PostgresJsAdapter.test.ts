@@ -400,6 +400,27 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
       yield* PostgresJsAdapter.query(sql, (sql) => sql`DROP TABLE ${sql(table)}`)
     }).pipe(Effect.provide(NodeTransport.layer)))
 
+  it.effect("a TLS session ended by the server: the query fails with an error and the next query reconnects", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+      const app = appName()
+      const sql = yield* PostgresJsAdapter.make({ ...plain(cluster, app), ssl: "require", max: 1 })
+      const fiber = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT pg_sleep(60)`).pipe(Effect.forkChild)
+      const pid = yield* sleepingPid(monitor, app)
+      yield* monitor.query(`SELECT pg_terminate_backend(${pid})`)
+      const exit = yield* Fiber.await(fiber)
+      assert.isTrue(Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause))
+      // postgres.js (3.4.9, also without the adapter) hands the server's FATAL 57P01 once more to the next query of
+      // that connection; the one after runs on a new session
+      const next = yield* Effect.exit(PostgresJsAdapter.query(sql, (sql) => sql`SELECT 1`))
+      if (Exit.isFailure(next)) {
+        assert.strictEqual((Cause.squash(next.cause) as { readonly code?: string }).code, "57P01")
+      }
+      const rows = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT pg_backend_pid() AS pid`)
+      assert.notStrictEqual(rows[0]!.pid, pid)
+    }).pipe(Effect.provide(NodeTransport.layer)))
+
   it.effect("a sql that the adapter did not make is refused with a typed error", () =>
     Effect.gen(function*() {
       const notOurs = {} as postgres.Sql<{}>
