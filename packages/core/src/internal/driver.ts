@@ -106,19 +106,34 @@ export class Driver {
     return next
   }
 
+  // the steps of a cancel, as the machine asks for them: connect → negotiate → send → (await the server's close,
+  // which arrives as an Eof event) → close
   private perform(action: CancelMachine.Action): void {
     switch (action._tag) {
       case "Connect":
         return this.connect(action.address)
+      case "Write":
+        return action.kind === "CancelRequest" ? this.send(action.bytes) : this.negotiate(action)
+      case "StartTls":
+      case "StartGss":
+        return this.negotiate(action)
       case "Close":
         return this.close()
-      case "Write":
-        return this.connection?.write(Redacted.value(action.bytes))
-      case "StartTls":
-        return this.connection?.startTls(action.request)
-      case "StartGss":
-        return this.connection?.startGss(action.request)
     }
+  }
+
+  // encryption: an SSLRequest or GSSENCRequest, then the TLS or GSS handshake on the same socket
+  private negotiate(action: CancelMachine.Action): void {
+    const connection = this.connection
+    if (connection === undefined) return
+    if (action._tag === "Write") connection.write(Redacted.value(action.bytes))
+    else if (action._tag === "StartTls") connection.startTls(action.request)
+    else if (action._tag === "StartGss") connection.startGss(action.request)
+  }
+
+  // the CancelRequest itself (inside the encryption the machine negotiated, or in clear where it allows)
+  private send(packet: Redacted.Redacted<Uint8Array>): void {
+    this.connection?.write(Redacted.value(packet))
   }
 
   private connect(address: CancelMachine.RemoteAddress): void {
