@@ -86,12 +86,13 @@ export const available = (options?: Options): Effect.Effect<boolean> =>
   Effect.sync(() => loadApi(options) !== undefined)
 
 /**
- * Why GSS is unavailable (koffi missing, library missing), or undefined when the last load succeeded.
+ * Why GSS is unavailable with these options (koffi missing, library missing), or undefined when they load; loads
+ * them if that was not tried yet.
  *
  * @category getters
  * @since 0.1.0
  */
-export const unavailableReason = (): string | undefined => Gss.loadError
+export const unavailableReason = (options?: Options): string | undefined => Gss.loadError(libraries(options))
 
 /**
  * libpq's `pg_GSS_have_cred_cache`: whether a credential for initiating a context can be acquired (a ticket in the

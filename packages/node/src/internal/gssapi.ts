@@ -104,28 +104,34 @@ const loadKoffi = (): Koffi | undefined => {
   return koffiModule ?? undefined
 }
 
-/** why the last {@link load} returned undefined (for messages and skip reasons) */
-export let loadError: string | undefined
-
-const cache = new Map<string, GssApi | undefined>()
+const cache = new Map<string, GssApi | string>()
 
 /**
  * Loads koffi and the GSSAPI library once per library list; undefined when either is missing.
  */
 export const load = (libraries: ReadonlyArray<string> = defaultLibraries): GssApi | undefined => {
-  const key = libraries.join("\0")
-  if (cache.has(key)) return cache.get(key)
-  const api = tryLoad(libraries)
-  cache.set(key, api)
-  return api
+  const loaded = loadOrReason(libraries)
+  return typeof loaded === "string" ? undefined : loaded
 }
 
-const tryLoad = (libraries: ReadonlyArray<string>): GssApi | undefined => {
+/** why {@link load} returns undefined for these libraries (undefined when it loads) */
+export const loadError = (libraries: ReadonlyArray<string> = defaultLibraries): string | undefined => {
+  const loaded = loadOrReason(libraries)
+  return typeof loaded === "string" ? loaded : undefined
+}
+
+const loadOrReason = (libraries: ReadonlyArray<string>): GssApi | string => {
+  const key = libraries.join("\0")
+  const cached = cache.get(key)
+  if (cached !== undefined) return cached
+  const loaded = tryLoad(libraries)
+  cache.set(key, loaded)
+  return loaded
+}
+
+const tryLoad = (libraries: ReadonlyArray<string>): GssApi | string => {
   const koffi = loadKoffi()
-  if (koffi === undefined) {
-    loadError = "the optional dependency koffi is not installed"
-    return undefined
-  }
+  if (koffi === undefined) return "the optional dependency koffi is not installed"
   let lib: ReturnType<Koffi["load"]> | undefined
   let library = ""
   const errors: Array<string> = []
@@ -138,17 +144,11 @@ const tryLoad = (libraries: ReadonlyArray<string>): GssApi | undefined => {
       errors.push(error instanceof Error ? error.message : String(error))
     }
   }
-  if (lib === undefined) {
-    loadError = `cannot load the GSSAPI library (${libraries.join(", ")}): ${errors.join("; ")}`
-    return undefined
-  }
+  if (lib === undefined) return `cannot load the GSSAPI library (${libraries.join(", ")}): ${errors.join("; ")}`
   try {
     return bind(koffi, lib, library)
   } catch (error) {
-    loadError = `the GSSAPI library ${library} lacks a function: ${
-      error instanceof Error ? error.message : String(error)
-    }`
-    return undefined
+    return `the GSSAPI library ${library} lacks a function: ${error instanceof Error ? error.message : String(error)}`
   }
 }
 
