@@ -347,8 +347,10 @@ class NodeConnection implements TransportNs.Connection {
       this.emit({ _tag: "PeerRejected", message: "requirepeer parameter is not supported on this platform" })
       return
     }
-    if (request.address._tag === "Tcp") applyKeepalives(this.raw, request.options)
     this.emit(Connected)
+    // after the CancelRequest (or SSLRequest) went out: the first write on a fresh socket never waits for Nagle,
+    // and keepalives only matter for a cancel that stays open
+    if (request.address._tag === "Tcp" && !this.closed) applyKeepalives(this.raw, request.options)
   }
 
   fd(): number {
