@@ -149,7 +149,8 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true })("TestSession", (i
     Effect.gen(function*() {
       const pg = yield* EmbeddedPostgres.EmbeddedPostgres
       const monitor = yield* TestSession.connectTo(pg, { transport: "unix" })
-      const error = yield* TestSession.waitUntil(monitor, "SELECT 1", (v) => v === "2", { timeout: "50 millis" }).pipe(
+      // long enough for a few probes on a busy machine (the message reports the last value seen)
+      const error = yield* TestSession.waitUntil(monitor, "SELECT 1", (v) => v === "2", { timeout: "1 second" }).pipe(
         Effect.flip
       )
       assert.strictEqual(error._tag, "WaitTimeout")
