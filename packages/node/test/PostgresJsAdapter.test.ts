@@ -421,8 +421,13 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
       assert.notStrictEqual(rows[0]!.pid, pid)
     }).pipe(Effect.provide(NodeTransport.layer)))
 
-  it.effect("a sql that the adapter did not make is refused with a typed error", () =>
+  it.effect("a sql that the adapter did not make is refused with a typed error; so is a socket option", () =>
     Effect.gen(function*() {
+      const ownSocket = yield* Effect.exit(
+        PostgresJsAdapter.make({ host: "127.0.0.1", socket: () => new Net.Socket() } as never)
+      )
+      assert.isTrue(Exit.isFailure(ownSocket))
+      assert.include(String(Exit.isFailure(ownSocket) ? Cause.squash(ownSocket.cause) : ""), "socket option")
       const notOurs = {} as postgres.Sql<{}>
       const exit = yield* Effect.exit(PostgresJsAdapter.query(notOurs, (sql) => sql`SELECT 1`))
       assert.isTrue(Exit.isFailure(exit))
