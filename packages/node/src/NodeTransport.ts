@@ -141,7 +141,13 @@ const tlsFilesCache = new WeakMap<ConnectionOptions.ConnectionOptions, TlsFiles>
 const tlsFiles = (options: ConnectionOptions.ConnectionOptions): TlsFiles => {
   const cached = tlsFilesCache.get(options)
   if (cached !== undefined) return cached
-  const files = loadTlsFiles(options)
+  let files: TlsFiles
+  try {
+    files = loadTlsFiles(options)
+  } catch (cause) {
+    // material of the wrong type from an untyped caller (e.g. a number as ca): a typed failure, not a crash
+    files = { verifyChain: true, error: `invalid TLS material: ${reasonOf(cause)}`, secureContext: undefined }
+  }
   tlsFilesCache.set(options, files)
   return files
 }

@@ -115,6 +115,18 @@ layer(EmbeddedPostgres.layer({ version: 18, hba: "cert" }), { excludeTestService
         yield* assertStillSleeping(empty.monitor, empty.session)
       }))
 
+    it.effect("material of the wrong type (an untyped caller) is a typed failure, not a crash", () =>
+      Effect.gen(function*() {
+        const result = yield* cancelWithMaterial(
+          () => ({ sslmode: "require" }),
+          () => ({ ca: 42 as unknown as string })
+        )
+        assert.isFalse(result.ok)
+        assert.strictEqual(result.errorTag, "CancelFailed")
+        assert.include(result.error ?? "", "invalid TLS material")
+        yield* assertStillSleeping(result.monitor, result.session)
+      }))
+
     it.effect("an in-memory CRL that revokes the server certificate fails the handshake; an empty one passes", () =>
       Effect.gen(function*() {
         const revoked = yield* cancelWithMaterial(() => ({ sslmode: "verify-ca" }), (c) => ({
