@@ -40,6 +40,8 @@ interface Scenario {
   readonly modes?: ReadonlyArray<Mode>
   /** what libpq must report in blocking mode: proves the scenario exercises what it is named for */
   readonly libpqError?: RegExp
+  /** straight to the server's unix socket (no proxy: nothing recorded) */
+  readonly unix?: boolean
 }
 
 const verifyFull = `host=localhost sslmode=verify-full sslrootcert=${CA}`
@@ -122,6 +124,7 @@ const scenarios: ReadonlyArray<Scenario> = [
     script: ["sWithData"],
     encrypted: true
   },
+  { id: "unix", conninfo: "sslmode=require", script: [], encrypted: false, unix: true },
   {
     id: "reset-after-N-prefer",
     conninfo: "sslmode=prefer",
@@ -354,8 +357,10 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
           const observed: Array<string> = []
           for (const scenario of scenarios) {
             // libpq's session, through the proxy (so its cancels go to the proxy): the cancel copies its options
-            const sessionConninfo = cluster.conninfo("tcp", {})
-              .replace(`port=${cluster.port}`, `port=${proxy.port}`) + ` ${scenario.conninfo}`
+            const sessionConninfo = scenario.unix === true
+              ? `${cluster.conninfo("unix", {})} ${scenario.conninfo}`
+              : cluster.conninfo("tcp", {}).replace(`port=${cluster.port}`, `port=${proxy.port}`) +
+                ` ${scenario.conninfo}`
             proxy.script(["forward"])
             const opened = yield* driver.request(`open ${sessionConninfo}`)
             assert.strictEqual(opened["ok"], 1, `${scenario.id}: libpq session: ${String(opened["error"])}`)
@@ -363,7 +368,9 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
             const session: CancelConnection.SessionInfo = {
               options,
               host: options.hosts[0]!,
-              address: { _tag: "Tcp", address: "127.0.0.1", port: proxy.port, family: 4 },
+              address: scenario.unix === true
+                ? { _tag: "Unix", path: cluster.socketPath }
+                : { _tag: "Tcp", address: "127.0.0.1", port: proxy.port, family: 4 },
               key: KEY
             }
             for (const mode of scenario.modes ?? (["poll", "blocking"] as const)) {

@@ -131,7 +131,16 @@ export const deviations: ReadonlyArray<Deviation> = [
     pqcancel: "Node connects asynchronously: status `STARTED` after start, `WRITING/MADE` from the first poll; " +
       "connect errors surface from the first poll",
     reason: "Node has no synchronous connect.",
-    observed: []
+    observed: [
+      { scenario: "unix", mode: "poll", field: "start", libpq: "1/MADE", pqcancel: "1/STARTED" },
+      {
+        scenario: "unix",
+        mode: "poll",
+        field: "polls",
+        libpq: "READING/AWAITING_RESPONSE OK/OK",
+        pqcancel: "WRITING/MADE READING/AWAITING_RESPONSE OK/OK"
+      }
+    ]
   },
   {
     summary: "socket options",
