@@ -405,7 +405,7 @@ export const cancel = (
       }
       return gssPossible(session, STRICT)
         ? Effect.flatMap(transport.gssCredentialsAvailable(session.options), run)
-        : Effect.suspend(() => run(false))
+        : run(false) // withFiber is evaluated per execution: each run gets its own driver
     })
   )
 }
