@@ -6,7 +6,7 @@
  * cannot see from behind a TCP proxy (documented, with their reason).
  */
 
-export type Mode = "poll" | "blocking" | "reset"
+export type Mode = "poll" | "blocking" | "reset" | "legacy"
 export type Field = "start" | "polls" | "result" | "error" | "packets"
 
 /** One observed difference: scenario, mode, field, and both sides' values as the suite prints them. */

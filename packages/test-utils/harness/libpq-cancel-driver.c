@@ -8,6 +8,7 @@
  *                        (PQcancelStart, then PQcancelPoll until OK/FAILED, waiting on PQcancelSocket with poll(2);
  *                        a wait longer than 1.5 s ends the loop with ["TIMEOUT", status])
  *   reset             -> {"first":{...blocking},"second":{...blocking}} (blocking, PQcancelReset, blocking again)
+ *   legacy            -> {"result":0|1,"error":"..."}                   (PQgetCancel + PQcancel, errbuf of 256)
  *   close             -> {"ok":1}
  *   quit
  *
@@ -35,6 +36,10 @@ extern int PQcancelSocket(const PGcancelConn *cancelConn);
 extern char *PQcancelErrorMessage(const PGcancelConn *cancelConn);
 extern void PQcancelReset(PGcancelConn *cancelConn);
 extern void PQcancelFinish(PGcancelConn *cancelConn);
+typedef struct pg_cancel PGcancel;
+extern PGcancel *PQgetCancel(PGconn *conn);
+extern int PQcancel(PGcancel *cancel, char *errbuf, int errbufsize);
+extern void PQfreeCancel(PGcancel *cancel);
 
 /* ConnStatusType and PostgresPollingStatusType of libpq 18 */
 static const char *status_name(int s) {
@@ -136,6 +141,14 @@ int main(void) {
       blocking_result(cc);
       printf("}\n");
       PQcancelFinish(cc);
+    } else if (strcmp(line, "legacy") == 0) {
+      char errbuf[256] = "";
+      PGcancel *cancel = PQgetCancel(session);
+      int result = PQcancel(cancel, errbuf, sizeof errbuf);
+      PQfreeCancel(cancel);
+      printf("{\"result\":%d,\"error\":", result);
+      json_string(errbuf);
+      printf("}\n");
     } else if (strcmp(line, "close") == 0) {
       if (session) PQfinish(session);
       session = NULL;
