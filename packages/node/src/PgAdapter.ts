@@ -67,6 +67,7 @@ import type * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
 import * as Net from "node:net"
 import pg from "pg"
+import { sslMaterialOf } from "./internal/driverTls.ts"
 
 /**
  * A query failed on the server (or the client broke). `code` is the SQLSTATE when the server sent one.
@@ -148,15 +149,6 @@ const privateState = (client: pg.Client) => {
   }
 }
 
-// node-postgres hands `ssl` to `tls.connect`: what the cancel can reuse as in-memory material
-const pemList = (value: unknown): ReadonlyArray<string | Uint8Array> | undefined | false => {
-  if (value === undefined || value === null) return undefined
-  const list: ReadonlyArray<unknown> = Array.isArray(value) ? value : [value]
-  return list.every((item) => typeof item === "string" || item instanceof Uint8Array)
-    ? list as ReadonlyArray<string | Uint8Array>
-    : false
-}
-
 const invalid = (message: string) => Result.fail(new InvalidOption({ message }))
 
 const isObject = (u: unknown): u is Readonly<Record<string, unknown>> => typeof u === "object" && u !== null
@@ -224,23 +216,10 @@ const optionsFromClientResult = (
     : "verify-full"
   let material: ConnectionOptions.SslMaterial | undefined
   if (tls !== undefined && sslmode !== "disable") {
-    if (tls.pfx !== undefined) return invalid("ssl.pfx is not supported for the cancel: use ssl.ca/cert/key")
-    const ca = params.sslrootcert === undefined ? pemList(tls.ca) : undefined
-    const cert = params.sslcert === undefined ? pemList(tls.cert) : undefined
-    const keys = params.sslkey === undefined ? pemList(tls.key) : undefined
-    if (ca === false || cert === false) return invalid("ssl.ca and ssl.cert must be PEM strings or buffers")
-    if (keys === false || (keys !== undefined && keys.length !== 1)) {
-      return invalid("ssl.key must be one PEM string or buffer for the cancel")
-    }
-    const passphrase = typeof tls.passphrase === "string" ? Redacted.make(tls.passphrase) : undefined
-    if (ca !== undefined || cert !== undefined || keys !== undefined) {
-      material = {
-        ...(ca !== undefined ? { ca } : {}),
-        ...(cert !== undefined ? { cert } : {}),
-        ...(keys !== undefined ? { key: Redacted.make(keys[0]!) } : {}),
-        ...(passphrase !== undefined ? { passphrase } : {})
-      }
-    }
+    // node-postgres hands `ssl` to `tls.connect`: what the cancel can reuse as in-memory material
+    const shared = sslMaterialOf(tls, params)
+    if (Result.isFailure(shared)) return Result.fail(shared.failure)
+    material = shared.success
   }
   const unix = client.host.startsWith("/")
   const base: Record<string, string | undefined> = {

@@ -198,7 +198,9 @@ export const cancelTlsOptions = (
   sslnegotiation?: unknown,
   connectTimeoutSeconds: number = 10
 ): Result.Result<ConnectionOptions.ConnectionOptions, CancelError.InvalidOption> => {
-  const mapped = fromPostgresJsSsl(ssl, sslnegotiation)
+  const result = fromPostgresJsSsl(ssl, sslnegotiation)
+  if (Result.isFailure(result)) return Result.fail(result.failure)
+  const mapped = result.success
   return Result.map(
     // a postgres.js session is never GSS-encrypted: neither is its cancel
     ConnectionOptions.fromParams({

@@ -68,6 +68,7 @@ import * as Statement from "effect/sql/Statement"
 import * as Stream from "effect/Stream"
 import * as Net from "node:net"
 import * as Tls from "node:tls"
+import { sslMaterialOf } from "./internal/driverTls.ts"
 
 /**
  * The `@effect/sql-pg` versions whose private connection state {@link readSession} was written against and tested
@@ -307,39 +308,6 @@ const urlFacts = (url: Redacted.Redacted | undefined): Result.Result<UrlFacts, I
 
 const invalid = (message: string) => Result.fail(new InvalidOption({ message }))
 
-type NodeTlsOptions = Exclude<PgConnection.Config["ssl"], boolean | undefined>
-
-const pemList = (value: unknown): ReadonlyArray<string | Uint8Array> | undefined | false => {
-  if (value === undefined) return undefined
-  const list = Array.isArray(value) ? value : [value]
-  return list.every((item) => typeof item === "string" || item instanceof Uint8Array) ? list : false
-}
-
-// sql-pg hands `ssl` to `tls.connect`: its ca/cert/key/passphrase become the cancel's `sslMaterial`; what pqcancel
-// cannot use the same way (pfx, KeyObjects, several keys) is refused rather than silently dropped
-const sslMaterialOf = (
-  tls: NodeTlsOptions | undefined,
-  params: CancelParams
-): Result.Result<ConnectionOptions.SslMaterial | undefined, InvalidOption> => {
-  if (tls === undefined) return Result.succeed(undefined)
-  if (tls.pfx !== undefined) return invalid("ssl.pfx is not supported for the cancel: use ssl.ca/cert/key")
-  const ca = params.sslrootcert === undefined ? pemList(tls.ca) : undefined
-  const cert = params.sslcert === undefined ? pemList(tls.cert) : undefined
-  const keys = params.sslkey === undefined ? pemList(tls.key) : undefined
-  if (ca === false || cert === false) return invalid("ssl.ca and ssl.cert must be PEM strings or buffers")
-  if (keys === false || (keys !== undefined && keys.length !== 1)) {
-    return invalid("ssl.key must be one PEM string or buffer for the cancel")
-  }
-  const passphrase = typeof tls.passphrase === "string" ? Redacted.make(tls.passphrase) : undefined
-  if (ca === undefined && cert === undefined && keys === undefined) return Result.succeed(undefined)
-  return Result.succeed({
-    ...(ca !== undefined ? { ca } : {}),
-    ...(cert !== undefined ? { cert } : {}),
-    ...(keys !== undefined ? { key: Redacted.make(keys[0]!) } : {}),
-    ...(passphrase !== undefined ? { passphrase } : {})
-  })
-}
-
 /**
  * The cancel's {@link CancelOptions} from the config given to `PgClient` (`url`, `host`, `port`, `path`, `ssl`,
  * `connectTimeout`), read the way sql-pg reads it, refined by `params`:
@@ -382,8 +350,11 @@ export const cancelOptions = (
   const hostEntry: ConnectionOptions.HostEntry = path !== undefined
     ? { _tag: "Unix", directory: path.replace(/\/[^/]*$/, "") || "/", port }
     : { _tag: "Tcp", host: serverName, hostaddr: undefined, port }
-  // the session's in-memory TLS material, for the cancel's handshake (a file given in `params` wins)
-  const material = sslMaterialOf(tlsObject, params)
+  // the session's in-memory TLS material, for the cancel's handshake (a file given in `params` wins; what pqcancel
+  // cannot use the same way, e.g. pfx, is refused rather than silently dropped)
+  const material = tlsObject === undefined
+    ? Result.succeed(undefined)
+    : sslMaterialOf(tlsObject as Readonly<Record<string, unknown>>, params)
   if (Result.isFailure(material)) return Result.fail(material.failure)
   const make = (sslmode: ConnectionOptions.SslMode | undefined) => {
     if (sslmode === undefined) return Result.succeed(undefined)

@@ -41,7 +41,7 @@ describe("postgres.js ssl → the cancel's TLS options", () => {
   }
 
   it("an object that verifies keeps its CA in memory; one that does not verify drops it", () => {
-    assert.deepStrictEqual(map({ ca: CA }).sslMaterial, { ca: CA })
+    assert.deepStrictEqual(map({ ca: CA }).sslMaterial, { ca: [CA] })
     assert.isUndefined(map({ ca: CA, rejectUnauthorized: false }).sslMaterial)
   })
 
@@ -52,7 +52,7 @@ describe("postgres.js ssl → the cancel's TLS options", () => {
   it("client certificate and key are carried over, the key and passphrase Redacted and never printed", () => {
     const material = map({ ca: [CA], cert: CA, key: KEY, passphrase: "pw" }).sslMaterial!
     assert.deepStrictEqual(material.ca, [CA])
-    assert.strictEqual(material.cert, CA)
+    assert.deepStrictEqual(material.cert, [CA])
     assert.strictEqual(Redacted.value(material.key!), KEY)
     assert.strictEqual(Redacted.value(material.passphrase!), "pw")
     const printed = `${Inspectable.toStringUnknown(material.key)} ${JSON.stringify(material)}`
@@ -74,5 +74,28 @@ describe("postgres.js ssl → the cancel's TLS options", () => {
     assert.strictEqual(options.sslmode, "verify-ca")
     assert.isUndefined(options.sslrootcert)
     assert.deepStrictEqual(options.sslMaterial?.ca, Tls.rootCertificates)
+  })
+})
+
+describe("the TLS material every adapter reads the same way (internal/driverTls sslMaterialOf)", () => {
+  const failure = (ssl: unknown): string => {
+    const result = PostgresJsAdapter.cancelTlsOptions(ssl)
+    assert.isTrue(Result.isFailure(result))
+    return Result.isFailure(result) ? result.failure.message : ""
+  }
+
+  it("pfx, several keys and material that is not PEM text or bytes are refused, not silently dropped", () => {
+    assert.strictEqual(failure({ pfx: "P12" }), "ssl.pfx is not supported for the cancel: use ssl.ca/cert/key")
+    assert.strictEqual(
+      failure({ cert: CA, key: [KEY, KEY] }),
+      "ssl.key must be one PEM string or buffer for the cancel"
+    )
+    assert.strictEqual(failure({ ca: 42 }), "ssl.ca and ssl.cert must be PEM strings or buffers")
+    assert.strictEqual(failure({ crl: [{}] }), "ssl.crl must be PEM strings or buffers")
+  })
+
+  it("a passphrase given with the key ({ pem, passphrase }) wins over the object's, as in tls", () => {
+    const material = map({ cert: CA, key: [{ pem: KEY, passphrase: "own" }], passphrase: "outer" }).sslMaterial!
+    assert.strictEqual(Redacted.value(material.passphrase!), "own")
   })
 })

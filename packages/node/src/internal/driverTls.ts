@@ -11,14 +11,14 @@
  *   A custom `checkServerIdentity` replaces Node's host name check; it cannot be carried over (a function), so the
  *   cancel verifies the chain only (`verify-ca`).
  * - the client certificate, key and passphrase, and CRLs, are carried over as in-memory material (libpq presents
- *   its client certificate on a cancel connection too); `pfx` is not supported (no client certificate is then
- *   presented: a CancelRequest needs none).
+ *   its client certificate on a cancel connection too), read by {@link sslMaterialOf}, which all three adapters
+ *   share: `pfx`, several keys and anything but PEM text or bytes are refused (`InvalidOption`).
  */
 import type { ConnectionOptions } from "@pqcancel/core"
+import { InvalidOption } from "@pqcancel/core/CancelError"
 import * as Redacted from "effect/Redacted"
+import * as Result from "effect/Result"
 import * as Tls from "node:tls"
-
-type Material = string | Uint8Array | ReadonlyArray<string | Uint8Array>
 
 /** What the cancel takes from a driver's TLS options object */
 export interface DriverTls {
@@ -32,49 +32,111 @@ export interface DriverTls {
   readonly sslMaxProtocolVersion: string | undefined
 }
 
-const isMaterial = (value: unknown): value is Material =>
-  typeof value === "string" || value instanceof Uint8Array ||
-  (Array.isArray(value) && value.every((v) => typeof v === "string" || v instanceof Uint8Array))
+/** The libpq file parameters given for the cancel: each one set takes precedence over its in-memory value */
+export interface FileParams {
+  readonly sslrootcert?: string | undefined
+  readonly sslcert?: string | undefined
+  readonly sslkey?: string | undefined
+  readonly sslcrl?: string | undefined
+}
 
-const keyMaterial = (value: unknown): string | Uint8Array | undefined => {
-  if (typeof value === "string" || value instanceof Uint8Array) return value
-  // tls accepts [{ pem, passphrase }] or a list of keys: take the first PEM
-  if (Array.isArray(value) && value.length > 0) {
-    const first: unknown = value[0]
-    if (typeof first === "string" || first instanceof Uint8Array) return first
-    if (typeof first === "object" && first !== null) return keyMaterial((first as { readonly pem?: unknown }).pem)
+type PemList = ReadonlyArray<string | Uint8Array>
+
+const isPem = (value: unknown): value is string | Uint8Array => typeof value === "string" || value instanceof Uint8Array
+
+// a PEM, or a list of them; `false` when it is anything else
+const pemList = (value: unknown): PemList | undefined | false => {
+  if (value === undefined || value === null) return undefined
+  const list: ReadonlyArray<unknown> = Array.isArray(value) ? value : [value]
+  return list.every(isPem) ? list as PemList : false
+}
+
+// one private key: a PEM, or a one-element list of a PEM or of tls's `{ pem, passphrase }`
+const oneKey = (
+  value: unknown
+): { readonly pem: string | Uint8Array; readonly passphrase?: unknown } | undefined | false => {
+  if (value === undefined || value === null) return undefined
+  if (isPem(value)) return { pem: value }
+  if (!Array.isArray(value) || value.length !== 1) return false
+  const only: unknown = value[0]
+  if (isPem(only)) return { pem: only }
+  if (typeof only === "object" && only !== null && isPem((only as { readonly pem?: unknown }).pem)) {
+    return only as { readonly pem: string | Uint8Array; readonly passphrase?: unknown }
   }
-  return undefined
+  return false
+}
+
+const invalid = (message: string) => Result.fail(new InvalidOption({ message }))
+
+/**
+ * The in-memory TLS material of a driver's `ssl` object (what node-postgres, postgres.js and sql-pg hand to
+ * `tls.connect`), for the cancel's handshake: `ca`, `cert` and `crl` as PEM lists, the one private `key` and its
+ * `passphrase` as `Redacted`. A file given for the cancel in `files` (`sslrootcert`, `sslcert`, `sslkey`, `sslcrl`)
+ * takes precedence over the in-memory value. What pqcancel cannot use the same way (`pfx`, KeyObjects, several
+ * keys, anything but PEM text or bytes) is refused with an `InvalidOption` rather than silently dropped. Which
+ * sslmode the cancel uses is each adapter's own (the drivers' meanings differ).
+ */
+export const sslMaterialOf = (
+  tls: Readonly<Record<string, unknown>>,
+  files: FileParams = {}
+): Result.Result<ConnectionOptions.SslMaterial | undefined, InvalidOption> => {
+  if (tls.pfx !== undefined && tls.pfx !== null) {
+    return invalid("ssl.pfx is not supported for the cancel: use ssl.ca/cert/key")
+  }
+  const ca = files.sslrootcert === undefined ? pemList(tls.ca) : undefined
+  const cert = files.sslcert === undefined ? pemList(tls.cert) : undefined
+  if (ca === false || cert === false) return invalid("ssl.ca and ssl.cert must be PEM strings or buffers")
+  const crl = files.sslcrl === undefined ? pemList(tls.crl) : undefined
+  if (crl === false) return invalid("ssl.crl must be PEM strings or buffers")
+  const key = files.sslkey === undefined ? oneKey(tls.key) : undefined
+  if (key === false) return invalid("ssl.key must be one PEM string or buffer for the cancel")
+  // a passphrase given with the key (`{ pem, passphrase }`) wins over the object's, as in tls
+  const passphrase = typeof key?.passphrase === "string"
+    ? key.passphrase
+    : typeof tls.passphrase === "string"
+    ? tls.passphrase
+    : undefined
+  if (ca === undefined && cert === undefined && key === undefined && crl === undefined) {
+    return Result.succeed(undefined)
+  }
+  return Result.succeed({
+    ...(ca !== undefined ? { ca } : {}),
+    ...(cert !== undefined ? { cert } : {}),
+    ...(key !== undefined ? { key: Redacted.make(key.pem, { label: "ssl key" }) } : {}),
+    ...(crl !== undefined ? { crl } : {}),
+    ...(passphrase !== undefined ? { passphrase: Redacted.make(passphrase, { label: "ssl passphrase" }) } : {})
+  })
 }
 
 const TLS_VERSIONS = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 
-/** The cancel's TLS settings for a driver `ssl` object (see the module comment for the mapping) */
-export const fromTlsObject = (ssl: Readonly<Record<string, unknown>>): DriverTls => {
+/** The cancel's TLS settings for a postgres.js `ssl` object (see the module comment for the mapping) */
+export const fromTlsObject = (ssl: Readonly<Record<string, unknown>>): Result.Result<DriverTls, InvalidOption> => {
   const verify = ssl.rejectUnauthorized !== false
   const chainOnly = verify && typeof ssl.checkServerIdentity === "function"
-  // libpq has no verify-ca with the system roots: Node's default roots are then given in memory
-  const ca = verify && isMaterial(ssl.ca) ? ssl.ca : chainOnly ? Tls.rootCertificates : undefined
-  const cert = isMaterial(ssl.cert) ? ssl.cert : undefined
-  const key = keyMaterial(ssl.key)
-  const crl = isMaterial(ssl.crl) ? ssl.crl : undefined
-  const passphrase = typeof ssl.passphrase === "string" ? ssl.passphrase : undefined
+  const shared = sslMaterialOf(ssl)
+  if (Result.isFailure(shared)) return Result.fail(shared.failure)
+  const { ca: givenCa, cert, crl, key, passphrase } = shared.success ?? {}
+  // a session that does not verify: neither does its cancel (its ca is dropped); libpq has no verify-ca with the
+  // system roots: Node's default roots are then given in memory
+  const ca = !verify ? undefined : givenCa ?? (chainOnly ? Tls.rootCertificates : undefined)
   const material: ConnectionOptions.SslMaterial = {
     ...(ca !== undefined ? { ca } : {}),
-    ...(cert !== undefined && key !== undefined ? { cert, key: Redacted.make(key, { label: "ssl key" }) } : {}),
+    // libpq ignores a key without a certificate (and a certificate without its key cannot be presented)
+    ...(cert !== undefined && key !== undefined ? { cert, key } : {}),
     ...(crl !== undefined ? { crl } : {}),
-    ...(passphrase !== undefined ? { passphrase: Redacted.make(passphrase, { label: "ssl passphrase" }) } : {})
+    ...(passphrase !== undefined ? { passphrase } : {})
   }
   const version = (value: unknown): string | undefined =>
     typeof value === "string" && TLS_VERSIONS.includes(value) ? value : undefined
-  return {
+  return Result.succeed({
     sslmode: !verify ? "require" : chainOnly ? "verify-ca" : "verify-full",
     sslrootcert: verify && ca === undefined ? "system" : undefined,
     sslMaterial: Object.keys(material).length === 0 ? undefined : material,
     servername: typeof ssl.servername === "string" && ssl.servername !== "" ? ssl.servername : undefined,
     sslMinProtocolVersion: version(ssl.minVersion),
     sslMaxProtocolVersion: version(ssl.maxVersion)
-  }
+  })
 }
 
 /**
@@ -88,17 +150,19 @@ export const fromTlsObject = (ssl: Readonly<Record<string, unknown>>): DriverTls
 export const fromPostgresJsSsl = (
   ssl: unknown,
   sslnegotiation: unknown
-): {
+): Result.Result<{
   readonly params: Readonly<Record<string, string>>
   readonly sslMaterial: ConnectionOptions.SslMaterial | undefined
-} => {
+}, InvalidOption> => {
   const direct = sslnegotiation === "direct" ? { sslnegotiation: "direct" } : {}
   if (ssl === "require" || ssl === "allow" || ssl === "prefer") {
-    return { params: { sslmode: "require", ...direct }, sslMaterial: undefined }
+    return Result.succeed({ params: { sslmode: "require", ...direct }, sslMaterial: undefined })
   }
   if (typeof ssl === "object" && ssl !== null) {
-    const mapped = fromTlsObject(ssl as Readonly<Record<string, unknown>>)
-    return {
+    const result = fromTlsObject(ssl as Readonly<Record<string, unknown>>)
+    if (Result.isFailure(result)) return Result.fail(result.failure)
+    const mapped = result.success
+    return Result.succeed({
       params: {
         sslmode: mapped.sslmode,
         ...direct,
@@ -111,7 +175,10 @@ export const fromPostgresJsSsl = (
           : {})
       },
       sslMaterial: mapped.sslMaterial
-    }
+    })
   }
-  return { params: { sslmode: "verify-full", sslrootcert: "system", ...direct }, sslMaterial: undefined }
+  return Result.succeed({
+    params: { sslmode: "verify-full", sslrootcert: "system", ...direct },
+    sslMaterial: undefined
+  })
 }
