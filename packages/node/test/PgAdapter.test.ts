@@ -11,32 +11,12 @@ import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as Fs from "node:fs"
-import type pg from "pg"
-import { waitIdle, waitSleeping } from "./pgMonitor.ts"
+import { tlsRoute, unixRoute, waitIdle, waitSleeping } from "./pgMonitor.ts"
 
 layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 seconds" })("PgAdapter", (it) => {
   const cases = [
-    {
-      name: "TLS, sslmode=verify-full",
-      session: (c: EmbeddedPostgres.Cluster): pg.ClientConfig => ({
-        host: "localhost",
-        port: c.port,
-        user: "postgres",
-        ssl: { ca: Fs.readFileSync(c.caCertPath, "utf8"), servername: "localhost" }
-      }),
-      conninfo: (c: EmbeddedPostgres.Cluster) =>
-        `host=localhost port=${c.port} sslmode=verify-full sslrootcert=${c.caCertPath}`
-    },
-    {
-      name: "unix socket",
-      session: (c: EmbeddedPostgres.Cluster): pg.ClientConfig => ({
-        host: c.socketDir,
-        port: c.port,
-        user: "postgres"
-      }),
-      conninfo: (c: EmbeddedPostgres.Cluster) => `host=${c.socketDir} port=${c.port}`
-    }
+    { name: "TLS, sslmode=verify-full", ...tlsRoute },
+    { name: "unix socket", ...unixRoute }
   ]
   for (const testCase of cases) {
     it.effect(`interrupting the fiber cancels the server query (${testCase.name})`, () =>

@@ -8,25 +8,13 @@ import { Transport } from "@pqcancel/core/Transport"
 import { NodeTransport } from "@pqcancel/node"
 import * as PgAdapter from "@pqcancel/node/PgAdapter"
 import { EmbeddedPostgres, PgBouncer } from "@pqcancel/test-utils"
-import * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as Schedule from "effect/Schedule"
 import * as Net from "node:net"
 import type pg from "pg"
-
-const isInterrupted = (exit: Exit.Exit<unknown, unknown>) => Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause)
-
-const waitUntil = (what: string, probe: Effect.Effect<boolean>) =>
-  probe.pipe(
-    Effect.repeat({ schedule: Schedule.spaced("5 millis"), until: (ok) => ok }),
-    Effect.timeoutOrElse({
-      duration: "10 seconds",
-      orElse: () => Effect.die(new Error(`timed out waiting for ${what}`))
-    })
-  )
+import { interruptedOnly } from "./fixtures.ts"
+import { waitUntil } from "./pgMonitor.ts"
 
 const count = (monitor: pg.Client, sql: string, params: ReadonlyArray<unknown>) =>
   Effect.promise(() => monitor.query<{ n: number }>(sql, [...params])).pipe(Effect.map((r) => r.rows[0]?.n ?? 0))
@@ -96,7 +84,7 @@ describe.skipIf(reason !== undefined)("PgAdapter behind PgBouncer", () => {
                 (n) => n === 1
               )
             )
-            assert.isTrue(isInterrupted(yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))))
+            assert.isTrue(interruptedOnly(yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))))
             assert.isFalse(PgAdapter.isRetired(client), "ended with 57014: the cancel was delivered")
             // the server query stopped (PgBouncer relays the 57014; pg_stat_activity may lag it a little)
             yield* waitUntil(
@@ -141,7 +129,7 @@ describe.skipIf(reason !== undefined)("PgAdapter behind PgBouncer", () => {
                 yield* Deferred.await(watching.firstClosed)
                 ;(stream as Net.Socket).uncork()
                 yield* Fiber.join(interrupter)
-                assert.isTrue(isInterrupted(yield* Fiber.await(fiber)))
+                assert.isTrue(interruptedOnly(yield* Fiber.await(fiber)))
                 // the statement completed, before the interruption did
                 assert.strictEqual(
                   yield* count(monitor, "SELECT count(*)::int AS n FROM bouncer_rows WHERE tag = $1", [tag]),

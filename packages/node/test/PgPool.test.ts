@@ -6,23 +6,14 @@ import { assert, describe, it, layer } from "@effect/vitest"
 import { NodeTransport } from "@pqcancel/node"
 import * as PgAdapter from "@pqcancel/node/PgAdapter"
 import { EmbeddedPostgres } from "@pqcancel/test-utils"
-import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Redacted from "effect/Redacted"
-import * as Schedule from "effect/Schedule"
 import * as Fs from "node:fs"
 import pg from "pg"
-
-const waitUntil = (what: string, probe: Effect.Effect<boolean>) =>
-  probe.pipe(
-    Effect.repeat({ schedule: Schedule.spaced("5 millis"), until: (ok) => ok }),
-    Effect.timeoutOrElse({
-      duration: "10 seconds",
-      orElse: () => Effect.die(new Error(`timed out waiting for ${what}`))
-    })
-  )
+import { interruptedOnly } from "./fixtures.ts"
+import { connectMonitor, waitUntil } from "./pgMonitor.ts"
 
 // the backends sleeping in a query tagged `-- <tag>` (tests of this file run concurrently: one tag each)
 const sleepingBackends = (monitor: pg.Client, tag: string) =>
@@ -33,24 +24,13 @@ const sleepingBackends = (monitor: pg.Client, tag: string) =>
     )
   ).pipe(Effect.map((r) => r.rows.map((row) => row.pid)))
 
-const isInterrupted = (exit: Exit.Exit<unknown, unknown>) => Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause)
-
 const scopedPool = (config: pg.PoolConfig) =>
   Effect.acquireRelease(Effect.sync(() => new pg.Pool(config)), (pool) => Effect.promise(() => pool.end()))
 
 layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 seconds" })(
   "PgAdapter with pg.Pool",
   (it) => {
-    const setup = Effect.gen(function*() {
-      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
-      const monitor = yield* PgAdapter.connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
-      yield* Effect.promise(() =>
-        monitor.query(
-          "BEGIN; SELECT pg_advisory_xact_lock(12); CREATE TABLE IF NOT EXISTS pool_rows (tag text); COMMIT"
-        )
-      )
-      return { cluster, monitor }
-    })
+    const setup = connectMonitor(12, "CREATE TABLE IF NOT EXISTS pool_rows (tag text)")
 
     it.effect("poolQuery: interrupting cancels on the server and the client goes back to the pool idle", () =>
       Effect.gen(function*() {
@@ -72,7 +52,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
           Effect.map(sleepingBackends(monitor, "pool-test A"), (pids) => pids.length === 1)
         )
         const [pid] = yield* sleepingBackends(monitor, "pool-test A")
-        assert.isTrue(isInterrupted(yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))))
+        assert.isTrue(interruptedOnly(yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))))
         assert.strictEqual(pool.totalCount, 1, "the client was kept")
         assert.strictEqual(pool.idleCount, 1, "and released")
         const next = yield* PgAdapter.poolQuery<{ pid: number }>(pool, undefined, "SELECT pg_backend_pid() AS pid")
@@ -94,7 +74,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
           "the query to sleep",
           Effect.map(sleepingBackends(monitor, "pool-test B"), (pids) => pids.length === 1)
         )
-        assert.isTrue(isInterrupted(yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))))
+        assert.isTrue(interruptedOnly(yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))))
         assert.strictEqual(pool.totalCount, 0, "destroyed: release(true)")
         const rows = yield* Effect.promise(() =>
           monitor.query("SELECT count(*)::int AS n FROM pool_rows WHERE tag = 'tx'")
@@ -117,7 +97,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
           Effect.forkChild
         )
         yield* waitUntil("the second query to wait for a client", Effect.sync(() => pool.waitingCount === 1))
-        assert.isTrue(isInterrupted(yield* Fiber.interrupt(waiting).pipe(Effect.andThen(Fiber.await(waiting)))))
+        assert.isTrue(interruptedOnly(yield* Fiber.interrupt(waiting).pipe(Effect.andThen(Fiber.await(waiting)))))
         assert.isTrue(Exit.isSuccess(yield* Fiber.await(busy)))
         // the client handed to the abandoned waiter went back to the pool
         yield* waitUntil("the client to be idle", Effect.sync(() => pool.idleCount === 1 && pool.waitingCount === 0))
@@ -166,7 +146,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
             "the query to sleep",
             Effect.map(sleepingBackends(monitor, `derived ${testCase.name}`), (pids) => pids.length === 1)
           )
-          assert.isTrue(isInterrupted(yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))))
+          assert.isTrue(interruptedOnly(yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))))
           assert.isFalse(PgAdapter.isRetired(client), "the cancel was confirmed and the query ended")
           assert.strictEqual((yield* PgAdapter.query(client, undefined, "SELECT 7 AS n")).rows[0]?.n, 7)
         }).pipe(Effect.provide(NodeTransport.layer)))

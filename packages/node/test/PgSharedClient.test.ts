@@ -17,10 +17,10 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
-import * as Fs from "node:fs"
 import * as Net from "node:net"
 import type pg from "pg"
-import { waitIdle, waitSleeping } from "./pgMonitor.ts"
+import { interruptedOnly } from "./fixtures.ts"
+import { connectMonitor, tcpRoute, tlsRoute, unixRoute, waitIdle, waitSleeping } from "./pgMonitor.ts"
 
 const waitFor = (what: string, condition: () => boolean) =>
   Effect.sync(condition).pipe(
@@ -30,8 +30,6 @@ const waitFor = (what: string, condition: () => boolean) =>
       orElse: () => Effect.die(new Error(`timed out waiting for ${what}`))
     })
   )
-
-const isInterrupted = (exit: Exit.Exit<unknown, unknown>) => Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause)
 
 // node-postgres' private queue and running query (what the adapter itself reads)
 const pgPrivate = (client: pg.Client) =>
@@ -45,53 +43,11 @@ const rowCount = (monitor: pg.Client, table: string, tag: string) =>
 layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 seconds" })(
   "PgAdapter, shared client",
   (it) => {
-    const setup = Effect.gen(function*() {
-      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
-      const monitor = yield* PgAdapter.connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
-      yield* Effect.promise(() =>
-        monitor.query(
-          // tests of this file run concurrently: create the table once
-          "BEGIN; SELECT pg_advisory_xact_lock(11); CREATE TABLE IF NOT EXISTS shared_rows (tag text, id int); COMMIT"
-        )
-      )
-      return { cluster, monitor }
-    })
+    const setup = connectMonitor(11, "CREATE TABLE IF NOT EXISTS shared_rows (tag text, id int)")
 
-    const transports = [
-      {
-        name: "TCP",
-        session: (c: EmbeddedPostgres.Cluster): pg.ClientConfig => ({
-          host: "127.0.0.1",
-          port: c.port,
-          user: "postgres"
-        }),
-        conninfo: (c: EmbeddedPostgres.Cluster) => `host=127.0.0.1 port=${c.port} sslmode=disable`
-      },
-      {
-        name: "TLS",
-        session: (c: EmbeddedPostgres.Cluster): pg.ClientConfig => ({
-          host: "localhost",
-          port: c.port,
-          user: "postgres",
-          ssl: { ca: Fs.readFileSync(c.caCertPath, "utf8"), servername: "localhost" }
-        }),
-        conninfo: (c: EmbeddedPostgres.Cluster) =>
-          `host=localhost port=${c.port} sslmode=verify-full sslrootcert=${c.caCertPath}`
-      }
-    ]
+    const transports = [{ name: "TCP", ...tcpRoute }, { name: "TLS", ...tlsRoute }]
 
-    const allTransports = [
-      ...transports,
-      {
-        name: "unix socket",
-        session: (c: EmbeddedPostgres.Cluster): pg.ClientConfig => ({
-          host: c.socketDir,
-          port: c.port,
-          user: "postgres"
-        }),
-        conninfo: (c: EmbeddedPostgres.Cluster) => `host=${c.socketDir} port=${c.port}`
-      }
-    ]
+    const allTransports = [...transports, { name: "unix socket", ...unixRoute }]
     for (const transport of allTransports) {
       it.effect(`a queued query that is interrupted never runs and cancels nobody (${transport.name})`, () =>
         Effect.gen(function*() {
@@ -109,7 +65,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
               )
             yield* Effect.yieldNow
             const bExit = yield* Fiber.interrupt(b).pipe(Effect.andThen(Fiber.await(b)))
-            assert.isTrue(isInterrupted(bExit), "B ends interrupted")
+            assert.isTrue(interruptedOnly(bExit), "B ends interrupted")
             // A was not cancelled: it completes normally
             const aExit = yield* Fiber.await(a)
             assert.isTrue(
@@ -138,7 +94,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
         // our INSERT sits in node-postgres' own queue, behind the foreign query
         yield* waitFor("the INSERT in the client's queue", () => pgPrivate(client)._queryQueue.length === 1)
         const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
-        assert.isTrue(isInterrupted(exit))
+        assert.isTrue(interruptedOnly(exit))
         assert.strictEqual(pgPrivate(client)._queryQueue.length, 0, "withdrawn from the client's queue")
         const result = yield* Effect.promise(() => foreign.then(() => "ok", (e: { code?: string }) => e.code))
         assert.strictEqual(result, "ok", "the foreign query was not cancelled")
@@ -171,7 +127,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
         const result = yield* Effect.promise(() => foreign.then(() => "ok", (e: { code?: string }) => e.code))
         assert.strictEqual(result, "ok", "the foreign query was not cancelled")
         // it could not be taken back: it ran, before the interruption completed
-        assert.isTrue(isInterrupted(exit))
+        assert.isTrue(interruptedOnly(exit))
         assert.strictEqual(yield* rowCount(monitor, "shared_rows", "pipelined"), 1)
         assert.isFalse(PgAdapter.isRetired(client))
       }).pipe(Effect.provide(NodeTransport.layer)))
@@ -210,7 +166,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
         yield* Deferred.await(firstDispatched)
         ;(stream as Net.Socket).uncork()
         yield* Fiber.join(interrupter)
-        assert.isTrue(isInterrupted(yield* Fiber.await(fiber)))
+        assert.isTrue(interruptedOnly(yield* Fiber.await(fiber)))
         assert.isAtLeast(cancelConnections, 2, "the ignored cancel was sent again")
         assert.strictEqual(notCanceled, 0, "the statement ended cancelled")
         assert.isFalse(PgAdapter.isRetired(client))
@@ -260,7 +216,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
           const rows = yield* Effect.promise(() => monitor.query("SELECT id FROM shared_rows WHERE tag = $1", [tag]))
           const final = new Set(rows.rows.map((r) => r.id as number))
           for (const outcome of outcomes) {
-            if (isInterrupted(outcome.exit)) {
+            if (interruptedOnly(outcome.exit)) {
               // absent when its interruption completed ⇒ absent for ever
               if (!outcome.presentAfter) assert.isFalse(final.has(outcome.id), `row ${outcome.id} appeared later`)
             } else {

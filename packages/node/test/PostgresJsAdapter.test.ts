@@ -18,25 +18,11 @@ import * as Layer from "effect/Layer"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
 import type postgres from "postgres"
+import { forkPostgresJsSleep, interruptedOnly, sleepingPid } from "./fixtures.ts"
 
 let counter = 0
 /** a unique application_name, to find the test's backends in pg_stat_activity */
 const appName = (): string => `pgjs-test-${process.pid}-${++counter}`
-
-/** the pid of the backend of `app` that sleeps in pg_sleep */
-const sleepingPid = Effect.fnUntraced(function*(monitor: TestSession.TestSession, app: string) {
-  const sql = `SELECT pid FROM pg_stat_activity WHERE application_name = '${app}' AND wait_event = 'PgSleep'`
-  yield* TestSession.waitUntil(monitor, sql, (value) => value !== null && value !== undefined, {
-    timeout: "20 seconds",
-    description: `a backend of ${app} in pg_sleep`
-  })
-  const result = yield* monitor.query(sql)
-  assert.strictEqual(result._tag, "Ok")
-  return Number(result._tag === "Ok" ? result.rows[0]![0] : -1)
-})
-
-const interruptedOnly = (exit: Exit.Exit<unknown, unknown>): boolean =>
-  Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause)
 
 const ca = (c: EmbeddedPostgres.Cluster): string => Fs.readFileSync(c.caCertPath, "utf8")
 
@@ -112,20 +98,14 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
           onnotice: () => {},
           connection: { application_name: app }
         })
-        let captured: Promise<unknown> | undefined
-        const fiber = yield* PostgresJsAdapter.query(sql, (sql) => {
-          const q = sql`SELECT pg_sleep(60)`
-          captured = q.catch((error: unknown) => error)
-          return q
-        }).pipe(Effect.forkChild)
+        const { driverErrorCode, fiber } = yield* forkPostgresJsSleep(sql)
         const pid = yield* sleepingPid(monitor, app)
         const ssl = yield* monitor.query(`SELECT ssl FROM pg_stat_ssl WHERE pid = ${pid}`)
         assert.deepStrictEqual(ssl._tag === "Ok" ? ssl.rows : ssl, [[testCase.tls ? "t" : "f"]])
         const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
         // the caller sees an interruption; the query itself ended with 57014 on the server
         assert.isTrue(interruptedOnly(exit), String(exit))
-        const error = yield* Effect.promise(() => captured!)
-        assert.strictEqual((error as { readonly code?: string }).code, "57014")
+        assert.strictEqual(yield* driverErrorCode, "57014")
         yield* TestSession.waitUntilIdle(monitor, pid)
         // the same connection (max: 1) serves the next query
         const rows = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT pg_backend_pid() AS pid`)
@@ -181,17 +161,12 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
         `postgres://postgres@127.0.0.1:${closed},localhost:${cluster.port}/postgres?sslmode=require`,
         { max: 1, onnotice: () => {}, connection: { application_name: app } }
       )
-      let captured: Promise<unknown> | undefined
-      const fiber = yield* PostgresJsAdapter.query(sql, (sql) => {
-        const q = sql`SELECT pg_sleep(60)`
-        captured = q.catch((error: unknown) => error)
-        return q
-      }).pipe(Effect.forkChild)
+      const { driverErrorCode, fiber } = yield* forkPostgresJsSleep(sql)
       const pid = yield* sleepingPid(monitor, app)
       const ssl = yield* monitor.query(`SELECT ssl FROM pg_stat_ssl WHERE pid = ${pid}`)
       assert.deepStrictEqual(ssl._tag === "Ok" ? ssl.rows : ssl, [["t"]])
       assert.isTrue(interruptedOnly(yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))))
-      assert.strictEqual(((yield* Effect.promise(() => captured!)) as { readonly code?: string }).code, "57014")
+      assert.strictEqual(yield* driverErrorCode, "57014")
       yield* TestSession.waitUntilIdle(monitor, pid)
     }).pipe(Effect.provide(NodeTransport.layer)))
 

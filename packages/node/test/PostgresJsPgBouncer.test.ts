@@ -7,10 +7,9 @@ import { assert, describe, layer } from "@effect/vitest"
 import { NodeTransport } from "@pqcancel/node"
 import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
 import { EmbeddedPostgres, PgBouncer, TestSession } from "@pqcancel/test-utils"
-import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import { forkPostgresJsSleep, interruptedOnly, sleepingPid } from "./fixtures.ts"
 
 const reason = PgBouncer.unavailableReason()
 
@@ -47,20 +46,11 @@ describe.skipIf(reason !== undefined)("PostgresJsAdapter behind PgBouncer", () =
               connection: { application_name: app },
               cancel: { retireUnlessCanceled: true }
             })
-            let captured: Promise<unknown> | undefined
-            const fiber = yield* PostgresJsAdapter.query(sql, (sql) => {
-              const q = sql`SELECT pg_sleep(60)`
-              captured = q.catch((error: unknown) => error)
-              return q
-            }).pipe(Effect.forkChild)
-            const probe =
-              `SELECT pid FROM pg_stat_activity WHERE application_name = '${app}' AND wait_event = 'PgSleep'`
-            yield* TestSession.waitUntil(monitor, probe, (value) => value !== null && value !== undefined, {
-              timeout: "20 seconds"
-            })
+            const { driverErrorCode, fiber } = yield* forkPostgresJsSleep(sql)
+            yield* sleepingPid(monitor, app)
             const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
-            assert.isTrue(Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause))
-            assert.strictEqual(((yield* Effect.promise(() => captured!)) as { readonly code?: string }).code, "57014")
+            assert.isTrue(interruptedOnly(exit))
+            assert.strictEqual(yield* driverErrorCode, "57014")
             // not retired: the same client connection to PgBouncer serves the next query (none was closed)
             const rows = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT 1 AS one`)
             assert.strictEqual(rows[0]!.one, 1)

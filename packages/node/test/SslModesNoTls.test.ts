@@ -10,7 +10,7 @@ import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import { assertCancelled, assertStillSleeping, cancelWith } from "./fixtures.ts"
+import { assertCancelled, assertStillSleeping, cancelWith, forkPostgresJsSleep, sleepingPid } from "./fixtures.ts"
 
 const plaintextSession = { tls: "disable" } as const
 
@@ -82,19 +82,10 @@ layer(EmbeddedPostgres.layer({ version: 18, tls: false }), { excludeTestServices
           connection: { application_name: "pgjs-prefer" }
         }
         const sql = yield* PostgresJsAdapter.make({ ...base, ssl: "prefer" })
-        let captured: Promise<unknown> | undefined
-        const fiber = yield* PostgresJsAdapter.query(sql, (sql) => {
-          const q = sql`SELECT pg_sleep(60)`
-          captured = q.catch((error: unknown) => error)
-          return q
-        }).pipe(Effect.forkChild)
-        yield* TestSession.waitUntil(
-          monitor,
-          "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgjs-prefer' AND wait_event = 'PgSleep'",
-          (value) => value !== null && value !== undefined
-        )
+        const { driverErrorCode, fiber } = yield* forkPostgresJsSleep(sql)
+        yield* sleepingPid(monitor, "pgjs-prefer")
         yield* Fiber.interrupt(fiber)
-        assert.strictEqual(((yield* Effect.promise(() => captured!)) as { readonly code?: string }).code, "57014")
+        assert.strictEqual(yield* driverErrorCode, "57014")
         const strict = yield* PostgresJsAdapter.make({ ...base, ssl: "require" })
         const refused = yield* Effect.exit(PostgresJsAdapter.query(strict, (sql) => sql`SELECT 1`))
         assert.isTrue(Exit.isFailure(refused))

@@ -7,13 +7,16 @@ import type { CancelError } from "@pqcancel/core"
 import type { CancelConnection } from "@pqcancel/core"
 import { CancelConnection as CancelConnectionModule } from "@pqcancel/core"
 import { NodeTransport } from "@pqcancel/node"
+import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
 import { EmbeddedPostgres } from "@pqcancel/test-utils"
 import { TestSession } from "@pqcancel/test-utils"
+import * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
+import type postgres from "postgres"
 
 /** The SessionInfo of a TestSession, with the cancel's options parsed from `conninfo` */
 export const sessionInfo = (
@@ -106,3 +109,36 @@ export const cancelWith = (
     const outcome = yield* runCancel(info)
     return { ...outcome, pending, session, monitor, cluster }
   }).pipe(Effect.provide(NodeTransport.layer))
+
+/** The fiber ended by interruption and nothing else (the caller of an interrupted query sees no error) */
+export const interruptedOnly = (exit: Exit.Exit<unknown, unknown>): boolean =>
+  Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause)
+
+/** The pid of the backend of `app` (its application_name) that sleeps in pg_sleep, once there is one */
+export const sleepingPid = Effect.fnUntraced(function*(monitor: TestSession.TestSession, app: string) {
+  const sql = `SELECT pid FROM pg_stat_activity WHERE application_name = '${app}' AND wait_event = 'PgSleep'`
+  yield* TestSession.waitUntil(monitor, sql, (value) => value !== null && value !== undefined, {
+    timeout: "20 seconds",
+    description: `a backend of ${app} in pg_sleep`
+  })
+  const result = yield* monitor.query(sql)
+  assert.strictEqual(result._tag, "Ok")
+  return Number(result._tag === "Ok" ? result.rows[0]![0] : -1)
+})
+
+/**
+ * Forks `SELECT pg_sleep(60)` through the postgres.js adapter. `driverErrorCode` is the SQLSTATE postgres.js's own
+ * query promise was rejected with (`57014` when the server cancelled it: the caller only sees an interruption).
+ */
+export const forkPostgresJsSleep = Effect.fnUntraced(function*(sql: postgres.Sql<{}>) {
+  let captured: Promise<unknown> | undefined
+  const fiber = yield* PostgresJsAdapter.query(sql, (sql) => {
+    const q = sql`SELECT pg_sleep(60)`
+    captured = q.catch((error: unknown) => error)
+    return q
+  }).pipe(Effect.forkChild)
+  const driverErrorCode = Effect.promise(() => captured!).pipe(
+    Effect.map((error) => (error as { readonly code?: string } | undefined)?.code)
+  )
+  return { fiber, driverErrorCode }
+})
