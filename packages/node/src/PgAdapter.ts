@@ -67,7 +67,7 @@ import type * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
 import * as Net from "node:net"
 import pg from "pg"
-import { sslMaterialOf } from "./internal/driverTls.ts"
+import { isWeakerSslmode, sslMaterialOf } from "./internal/driverTls.ts"
 
 /**
  * A query failed on the server (or the client broke). `code` is the SQLSTATE when the server sent one.
@@ -194,15 +194,6 @@ export const optionsFromClient = (
     return Result.isFailure(result) ? Effect.fail(result.failure) : Effect.succeed(result.success)
   })
 
-const sslRank: Record<string, number> = {
-  disable: 0,
-  allow: 1,
-  prefer: 2,
-  require: 3,
-  "verify-ca": 4,
-  "verify-full": 5
-}
-
 const optionsFromClientResult = (
   client: pg.Client,
   params: Readonly<Record<string, string | undefined>>
@@ -233,7 +224,7 @@ const optionsFromClientResult = (
   }
   const merged = { ...base, ...params }
   const requested = merged.sslmode ?? sslmode
-  if (sslRank[requested] === undefined || sslRank[requested]! < sslRank[sslmode]!) {
+  if (isWeakerSslmode(requested, sslmode)) {
     // a custom checkServerIdentity may be laxer than verify-full: verify-ca is the one weaker mode allowed then
     const customIdentity = tls !== undefined && typeof tls.checkServerIdentity === "function"
     if (!(customIdentity && requested === "verify-ca" && sslmode === "verify-full")) {

@@ -68,7 +68,7 @@ import * as Statement from "effect/sql/Statement"
 import * as Stream from "effect/Stream"
 import * as Net from "node:net"
 import * as Tls from "node:tls"
-import { sslMaterialOf } from "./internal/driverTls.ts"
+import { isWeakerSslmode, sslMaterialOf } from "./internal/driverTls.ts"
 
 /**
  * The `@effect/sql-pg` versions whose private connection state {@link readSession} was written against and tested
@@ -264,15 +264,6 @@ const sessionInfoResult = (
  */
 export type CancelParams = Readonly<Record<string, string | undefined>>
 
-const sslRank: Record<ConnectionOptions.SslMode, number> = {
-  disable: 0,
-  allow: 1,
-  prefer: 2,
-  require: 3,
-  "verify-ca": 4,
-  "verify-full": 5
-}
-
 interface UrlFacts {
   host?: string
   port?: number
@@ -373,7 +364,7 @@ export const cancelOptions = (
     }
     const merged = { ...base, ...params }
     const requested = merged.sslmode as ConnectionOptions.SslMode
-    if (sslRank[requested] === undefined || sslRank[requested] < sslRank[sslmode]) {
+    if (isWeakerSslmode(requested, sslmode)) {
       return invalid(`cancel parameter sslmode=${String(params.sslmode)} is weaker than the session's (${sslmode})`)
     }
     const resolved = ConnectionOptions.fromParams(merged)

@@ -13,7 +13,7 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Net from "node:net"
 import type pg from "pg"
-import { interruptedOnly } from "./fixtures.ts"
+import { interruptedOnly, pgBouncerUnavailable } from "./fixtures.ts"
 import { waitUntil } from "./pgMonitor.ts"
 
 const count = (monitor: pg.Client, sql: string, params: ReadonlyArray<unknown>) =>
@@ -34,14 +34,9 @@ const watchingTransport = Effect.gen(function*() {
   return { service, firstClosed }
 })
 
-const reason = PgBouncer.unavailableReason()
+const reason = pgBouncerUnavailable("PgAdapter behind PgBouncer")
 
-if (reason !== undefined) {
-  // oxlint-disable-next-line effecttsgo/no-console -- say once, in the test output, why the suite is skipped
-  console.warn(`PgAdapter behind PgBouncer tests skipped: ${reason}`)
-}
-
-// without pgbouncer (see .ci/run) the suite is skipped, and the warning above says why
+// without pgbouncer (see .ci/run) the suite is skipped, and says why
 describe.skipIf(reason !== undefined)("PgAdapter behind PgBouncer", () => {
   layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 seconds" })(
     "PgAdapter behind PgBouncer",

@@ -18,22 +18,13 @@ import * as Layer from "effect/Layer"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
 import type postgres from "postgres"
-import { forkPostgresJsSleep, interruptedOnly, sleepingPid } from "./fixtures.ts"
+import { forkPostgresJsSleep, interruptedOnly, postgresJsPlain, sleepingPid } from "./fixtures.ts"
 
 let counter = 0
 /** a unique application_name, to find the test's backends in pg_stat_activity */
 const appName = (): string => `pgjs-test-${process.pid}-${++counter}`
 
 const ca = (c: EmbeddedPostgres.Cluster): string => Fs.readFileSync(c.caCertPath, "utf8")
-
-const plain = (c: EmbeddedPostgres.Cluster, app: string): PostgresJsAdapter.Options => ({
-  host: "127.0.0.1",
-  port: c.port,
-  user: "postgres",
-  database: "postgres",
-  onnotice: () => {},
-  connection: { application_name: app }
-})
 
 /** a loopback port nothing listens on */
 const closedPort = Effect.promise(() =>
@@ -194,15 +185,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
       const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
       const app = appName()
       const table = `pgjs_queued_${process.pid}_${counter}`
-      const sql = yield* PostgresJsAdapter.make({
-        host: "127.0.0.1",
-        port: cluster.port,
-        user: "postgres",
-        database: "postgres",
-        max: 1,
-        onnotice: () => {},
-        connection: { application_name: app }
-      })
+      const sql = yield* PostgresJsAdapter.make({ ...postgresJsPlain(cluster, app), max: 1 })
       yield* PostgresJsAdapter.query(sql, (sql) => sql`CREATE TABLE ${sql(table)} (x int)`)
       // A sleeps on the only connection; B queues behind it
       const a = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT pg_sleep(60)`).pipe(Effect.forkChild)
@@ -264,7 +247,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
       const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
       const app = appName()
       const sql = yield* PostgresJsAdapter.make({
-        ...plain(cluster, app),
+        ...postgresJsPlain(cluster, app),
         max: 1,
         cancel: { cancelTimeout: "500 millis", drainTimeout: "1 second" }
       })
@@ -290,7 +273,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
       const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
       const app = appName()
       const table = `pgjs_reserved_${process.pid}_${counter}`
-      const sql = yield* PostgresJsAdapter.make({ ...plain(cluster, app), max: 1 })
+      const sql = yield* PostgresJsAdapter.make({ ...postgresJsPlain(cluster, app), max: 1 })
       yield* PostgresJsAdapter.query(sql, (sql) => sql`CREATE TABLE ${sql(table)} (x int)`)
       const reserved = yield* PostgresJsAdapter.reserve(sql)
       const a = yield* PostgresJsAdapter.query(reserved, (sql) => sql`SELECT pg_sleep(60)`).pipe(Effect.forkChild)
@@ -323,7 +306,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
       const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
       const app = appName()
       const sql = yield* PostgresJsAdapter.make({
-        ...plain(cluster, app),
+        ...postgresJsPlain(cluster, app),
         max: 2,
         cancel: { cancelTimeout: "500 millis", drainTimeout: "1 second" }
       })
@@ -350,7 +333,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
       const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
       const app = appName()
       const table = `pgjs_tx_${process.pid}_${counter}`
-      const sql = yield* PostgresJsAdapter.make({ ...plain(cluster, app), max: 1 })
+      const sql = yield* PostgresJsAdapter.make({ ...postgresJsPlain(cluster, app), max: 1 })
       yield* PostgresJsAdapter.query(sql, (sql) => sql`CREATE TABLE ${sql(table)} (x int)`)
       const fiber = yield* PostgresJsAdapter.transaction(sql, (tx) =>
         Effect.gen(function*() {
@@ -380,7 +363,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
       const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
       const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
       const app = appName()
-      const sql = yield* PostgresJsAdapter.make({ ...plain(cluster, app), ssl: "require", max: 1 })
+      const sql = yield* PostgresJsAdapter.make({ ...postgresJsPlain(cluster, app), ssl: "require", max: 1 })
       const fiber = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT pg_sleep(60)`).pipe(Effect.forkChild)
       const pid = yield* sleepingPid(monitor, app)
       yield* monitor.query(`SELECT pg_terminate_backend(${pid})`)

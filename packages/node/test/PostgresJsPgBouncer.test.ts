@@ -9,14 +9,9 @@ import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
 import { EmbeddedPostgres, PgBouncer, TestSession } from "@pqcancel/test-utils"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
-import { forkPostgresJsSleep, interruptedOnly, sleepingPid } from "./fixtures.ts"
+import { forkPostgresJsSleep, interruptedOnly, pgBouncerUnavailable, sleepingPid } from "./fixtures.ts"
 
-const reason = PgBouncer.unavailableReason()
-
-if (reason !== undefined) {
-  // oxlint-disable-next-line effecttsgo/no-console -- say once, in the test output, why the suite is skipped
-  console.warn(`PostgresJsAdapter behind PgBouncer tests skipped: ${reason}`)
-}
+const reason = pgBouncerUnavailable("PostgresJsAdapter behind PgBouncer")
 
 describe.skipIf(reason !== undefined)("PostgresJsAdapter behind PgBouncer", () => {
   layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 seconds" })(

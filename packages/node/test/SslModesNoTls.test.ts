@@ -10,7 +10,14 @@ import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import { assertCancelled, assertStillSleeping, cancelWith, forkPostgresJsSleep, sleepingPid } from "./fixtures.ts"
+import {
+  assertCancelled,
+  assertStillSleeping,
+  cancelWith,
+  forkPostgresJsSleep,
+  postgresJsPlain,
+  sleepingPid
+} from "./fixtures.ts"
 
 const plaintextSession = { tls: "disable" } as const
 
@@ -72,15 +79,7 @@ layer(EmbeddedPostgres.layer({ version: 18, tls: false }), { excludeTestServices
       Effect.gen(function*() {
         const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
         const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
-        const base = {
-          host: "127.0.0.1",
-          port: cluster.port,
-          user: "postgres",
-          database: "postgres",
-          max: 1,
-          onnotice: () => {},
-          connection: { application_name: "pgjs-prefer" }
-        }
+        const base = { ...postgresJsPlain(cluster, "pgjs-prefer"), max: 1 }
         const sql = yield* PostgresJsAdapter.make({ ...base, ssl: "prefer" })
         const { driverErrorCode, fiber } = yield* forkPostgresJsSleep(sql)
         yield* sleepingPid(monitor, "pgjs-prefer")

@@ -8,7 +8,7 @@ import type { CancelConnection } from "@pqcancel/core"
 import { CancelConnection as CancelConnectionModule } from "@pqcancel/core"
 import { NodeTransport } from "@pqcancel/node"
 import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
-import { EmbeddedPostgres } from "@pqcancel/test-utils"
+import { EmbeddedPostgres, PgBouncer } from "@pqcancel/test-utils"
 import { TestSession } from "@pqcancel/test-utils"
 import * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"
@@ -142,3 +142,26 @@ export const forkPostgresJsSleep = Effect.fnUntraced(function*(sql: postgres.Sql
   )
   return { fiber, driverErrorCode }
 })
+
+/** postgres.js options for plaintext TCP to the cluster, its backends named `app` in pg_stat_activity */
+export const postgresJsPlain = (c: EmbeddedPostgres.Cluster, app: string): PostgresJsAdapter.Options => ({
+  host: "127.0.0.1",
+  port: c.port,
+  user: "postgres",
+  database: "postgres",
+  onnotice: () => {},
+  connection: { application_name: app }
+})
+
+/**
+ * Why a suite behind PgBouncer cannot run here (no pgbouncer: see .ci/run), said once in the test output; `undefined`
+ * when it can. Use with `describe.skipIf`.
+ */
+export const pgBouncerUnavailable = (suite: string): string | undefined => {
+  const reason = PgBouncer.unavailableReason()
+  if (reason !== undefined) {
+    // oxlint-disable-next-line effecttsgo/no-console -- say once, in the test output, why the suite is skipped
+    console.warn(`${suite} tests skipped: ${reason}`)
+  }
+  return reason
+}

@@ -108,6 +108,22 @@ export const sslMaterialOf = (
   })
 }
 
+const SSL_RANK: Readonly<Record<string, number>> = {
+  disable: 0,
+  allow: 1,
+  prefer: 2,
+  require: 3,
+  "verify-ca": 4,
+  "verify-full": 5
+}
+
+/**
+ * Whether the `sslmode` asked for the cancel (in an adapter's `params`) is weaker than the one derived from the
+ * session, or is no sslmode at all: the adapters refuse such a cancel (never weaker than the session)
+ */
+export const isWeakerSslmode = (requested: string, session: ConnectionOptions.SslMode): boolean =>
+  SSL_RANK[requested] === undefined || SSL_RANK[requested] < SSL_RANK[session]!
+
 const TLS_VERSIONS = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 
 /** The cancel's TLS settings for a postgres.js `ssl` object (see the module comment for the mapping) */
