@@ -290,8 +290,12 @@ const panel = (title: string, unit: string, groups: ReadonlyArray<Group>, x0: nu
   const barH = 9
   const gap = 8
   const labelW = 110
-  const max = Math.max(1e-9, ...groups.flatMap((g) => g.bars.map((b) => b.hi)).filter(Number.isFinite))
-  const scale = (v: number) => (v / max) * (width - labelW - 70)
+  // the axis follows the medians (a few ms), not the tail: one p95 of 50 ms would squash every bar to a pixel.
+  // The largest median spans 60% of the panel; a longer bar or whisker is cut at the panel's edge.
+  const medians = groups.flatMap((g) => g.bars.map((b) => b.value)).filter(Number.isFinite).sort((a, b) => a - b)
+  const typical = medians.length === 0 ? 1 : medians[Math.floor(0.9 * (medians.length - 1))]!
+  const max = Math.max(1e-9, typical / 0.6)
+  const scale = (v: number) => (Math.min(v, max) / max) * (width - labelW - 70)
   const parts: Array<string> = [
     `<text x="${x0}" y="${y0}" font-size="14" font-weight="bold">${esc(title)}</text>`
   ]
