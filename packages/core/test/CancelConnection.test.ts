@@ -4,7 +4,7 @@
  * failure, timeout and interruption, and `start` + `poll` apply one event per poll.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { CancelConnection, CancelKey, ConnectionOptions } from "@pqcancel/core"
+import { CancelConnection, CancelError, CancelKey, ConnectionOptions, LegacyCancel } from "@pqcancel/core"
 import { Transport } from "@pqcancel/core/Transport"
 import type * as TransportNs from "@pqcancel/core/Transport"
 import * as Effect from "effect/Effect"
@@ -18,6 +18,8 @@ interface Script {
   readonly onWrite?: TransportNs.TransportEvent | undefined
   /** report synchronously, from inside connect / write (true), or on a later macrotask (false) */
   readonly sync: boolean
+  /** a broken transport: this method throws instead of reporting an event */
+  readonly throws?: "connect" | "write" | undefined
 }
 
 const fake = (script: Script) => {
@@ -25,6 +27,7 @@ const fake = (script: Script) => {
   const service = Transport.of({
     connect: (_request, sink) => {
       log.opened++
+      if (script.throws === "connect") throw new Error("boom")
       let closed = false
       const report = (event: TransportNs.TransportEvent | undefined) => {
         if (event === undefined) return
@@ -34,6 +37,7 @@ const fake = (script: Script) => {
       const connection: TransportNs.Connection = {
         fd: () => closed ? -1 : 42,
         write: () => {
+          if (script.throws === "write") throw new Error("boom")
           log.written++
           report(script.onWrite)
         },
@@ -104,6 +108,49 @@ describe("CancelConnection with a fake transport", () => {
       assert.strictEqual(error._tag, "CancelFailed")
       assert.include(error.message, "Connection refused")
       assert.deepStrictEqual(log, { opened: 1, closed: 1, written: 0 })
+    }))
+
+  for (const throws of ["connect", "write"] as const) {
+    for (const sync of [true, false]) {
+      it.live(`cancel: a transport whose ${throws} throws (${sync ? "sync" : "async"}) fails at once, never hangs`, () =>
+        Effect.gen(function*() {
+          const { log, service } = fake({ onConnect: connected, sync, throws })
+          // no timeout: a cancel that waited for an event that never comes would hang the test
+          const error = yield* Effect.flip(
+            CancelConnection.cancel(session).pipe(Effect.provideService(Transport, service))
+          )
+          assert.strictEqual(error._tag, "CancelFailed")
+          assert.strictEqual(error.message, "could not send cancel packet: boom")
+          assert.isFalse(CancelError.isTransient(error))
+          assert.strictEqual(log.written, 0)
+          assert.strictEqual(log.closed, throws === "write" ? 1 : 0) // a connect that threw opened no socket
+        }))
+    }
+  }
+
+  it.live("start + poll: a transport that throws makes the connection BAD with the error's text", () =>
+    Effect.gen(function*() {
+      const { service } = fake({ onConnect: connected, sync: false, throws: "write" })
+      yield* Effect.scoped(Effect.gen(function*() {
+        const connection = yield* CancelConnection.make(session)
+        yield* connection.start
+        let polling = yield* connection.poll
+        for (let i = 0; i < 10 && (polling === "READING" || polling === "WRITING"); i++) {
+          polling = yield* connection.poll
+        }
+        assert.strictEqual(polling, "FAILED")
+        assert.strictEqual(yield* connection.status, "BAD")
+        assert.strictEqual(yield* connection.errorMessage, "could not send cancel packet: boom\n")
+      })).pipe(Effect.provideService(Transport, service))
+    }))
+
+  it.live("legacy PQcancel: a CancelRequest that could not be written is not reported as sent", () =>
+    Effect.gen(function*() {
+      const { service } = fake({ onConnect: connected, sync: true, throws: "write" })
+      const result = yield* LegacyCancel.cancel(LegacyCancel.getCancel(session)).pipe(
+        Effect.provideService(Transport, service)
+      )
+      assert.isFalse(result.ok)
     }))
 
   it.live("cancel: a server that never closes ends with timeout expired; the socket is closed", () =>

@@ -102,24 +102,48 @@ export class Driver {
     this.state = next.state
     if (this.onStatus !== undefined && next.state.status !== before) this.onStatus(before)
     const actions = next.actions
-    for (let i = 0; i < actions.length; i++) this.perform(actions[i]!)
+    for (let i = 0; i < actions.length; i++) {
+      this.perform(actions[i]!)
+      // a transport that threw made the connection BAD (see fault): the rest of the step's actions are void
+      if (this.state !== next.state) return { ...next, state: this.state }
+    }
     return next
   }
 
   // the steps of a cancel, as the machine asks for them: connect → negotiate → send → (await the server's close,
   // which arrives as an Eof event) → close
   private perform(action: CancelMachine.Action): void {
-    switch (action._tag) {
-      case "Connect":
-        return this.connect(action.address)
-      case "Write":
-        return action.kind === "CancelRequest" ? this.send(action.bytes) : this.negotiate(action)
-      case "StartTls":
-      case "StartGss":
-        return this.negotiate(action)
-      case "Close":
-        return this.close()
+    try {
+      switch (action._tag) {
+        case "Connect":
+          return this.connect(action.address)
+        case "Write":
+          return action.kind === "CancelRequest" ? this.send(action.bytes) : this.negotiate(action)
+        case "StartTls":
+        case "StartGss":
+          return this.negotiate(action)
+        case "Close":
+          return this.close()
+      }
+    } catch (error) {
+      this.fault(error)
     }
+  }
+
+  /**
+   * A transport method threw instead of reporting an event (a bug or a bad input it did not check). The request
+   * was not sent and will not be by this socket: the connection is BAD with the error's text, never left waiting
+   * (a timeout-less cancel would hang) and never counted as sent (the legacy machine takes an I/O error after the
+   * request as success). Not transient: the same call would throw again.
+   */
+  private fault(error: unknown): void {
+    const before = this.state.status
+    this.close()
+    this.transient = false
+    const message = error instanceof Error ? error.message : String(error)
+    this.state = CancelMachine.failedState(`could not send cancel packet: ${message}\n`)
+    if (this.onStatus !== undefined && before !== "BAD") this.onStatus(before)
+    this.settle?.()
   }
 
   // encryption: an SSLRequest or GSSENCRequest, then the TLS or GSS handshake on the same socket
@@ -150,7 +174,11 @@ export class Driver {
     this.pending.length = 0
     const connection = this.connection
     this.connection = undefined
-    connection?.close()
+    try {
+      connection?.close()
+    } catch {
+      // a transport that throws on close has nothing left to release here
+    }
   }
 
   private receive(event: TransportEvent): void {
