@@ -31,6 +31,7 @@ import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
 import * as Queue from "effect/Queue"
 import * as References from "effect/References"
 import * as Result from "effect/Result"
@@ -219,16 +220,26 @@ const outcome = (driver: Driver): Effect.Effect<void, CancelFailed | CancelTimeo
     : Effect.fail(failure(driver))
 
 // connect → negotiate → send → await the server's close, straight from the socket's callbacks
+// (`settled`, if given, is told when the run has its outcome: the one-shot cancel records its metrics there)
 const blockingRun = (
   driver: Driver,
   timeoutMillis: number | undefined,
-  socket: "run" | "connection"
+  socket: "run" | "connection",
+  settled?: (driver: Driver) => void
 ): Effect.Effect<void, CancelFailed | CancelTimeout> => {
   if (!driver.apply(CancelMachine.Events.start).accepted) {
     if (socket === "run") driver.close()
+    settled?.(driver)
     return Effect.fail(failure(driver))
   }
-  return driver.run(timeoutMillis, socket, () => outcome(driver))
+  return driver.run(
+    timeoutMillis,
+    socket,
+    settled === undefined ? () => outcome(driver) : () => {
+      settled(driver)
+      return outcome(driver)
+    }
+  )
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -387,33 +398,78 @@ export const cancel = (
   options?: BlockingOptions
 ): Effect.Effect<void, CancelCreateError | CancelFailed | CancelTimeout, Transport> => {
   const invalid = validateSession(session)
-  if (invalid !== undefined) return traced(session, Effect.fail(new CancelCreateError({ message: invalid })))
+  if (invalid !== undefined) {
+    return traced(session, CancelMetrics.trackCancel(session)(Effect.fail(new CancelCreateError({ message: invalid }))))
+  }
+  // with a retry schedule the outcome is known only after the schedule: metrics around the whole; without one
+  // (libpq's single attempt, the usual case) the run records them itself when it settles, without an onExit frame
   return traced(
     session,
-    Effect.withFiber((fiber) => {
-      const transport = Context.getUnsafe(fiber.context as Context.Context<Transport>, Transport)
-      const run = (gss: boolean) => {
-        // one machine, one socket, no Scope: each run closes its socket when it ends or is interrupted
-        const config = machineConfig(session, session.key!, false, gss)
-        const driver = new Driver(transport, session.options, config, CancelMachine.initial, undefined)
-        const timeout = deadlineMillis(session, options?.timeout)
-        return retrying(options?.retry, (n) => {
-          // every attempt after the first starts from PQcancelReset: a new socket, the same key
-          if (n > 0) driver.apply(CancelMachine.Events.reset)
-          return blockingRun(driver, timeout, "run")
-        })
-      }
-      return gssPossible(session, STRICT)
-        ? Effect.flatMap(transport.gssCredentialsAvailable(session.options), run)
-        : run(false) // withFiber is evaluated per execution: each run gets its own driver
-    })
+    options?.retry === undefined
+      ? oneShot(session, options)
+      : CancelMetrics.trackCancel(session)(oneShot(session, options))
   )
+}
+
+// pqcancel.cancels + .cancel.duration (CancelMetrics.ts) of a single-attempt cancel, from the run's own outcome; an
+// interrupted run never settles, so it is not counted (as with CancelMetrics.trackCancel)
+const metricsOf = (session: SessionInfo, fiber: Fiber.Fiber<unknown, unknown>) => {
+  const clock = fiber.getRef(Clock.Clock)
+  const started = clock.currentTimeNanosUnsafe()
+  return (driver: Driver): void =>
+    CancelMetrics.recordOutcome(
+      session,
+      driver.state.status === "OK" ? "dispatched" : driver.timedOut ? "timed_out" : "failed",
+      Number(clock.currentTimeNanosUnsafe() - started) / 1e9,
+      fiber.context
+    )
+}
+
+const oneShot = (
+  session: SessionInfo,
+  options: BlockingOptions | undefined
+): Effect.Effect<void, CancelFailed | CancelTimeout, Transport> =>
+  Effect.withFiber((fiber) => {
+    const transport = Context.getUnsafe(fiber.context as Context.Context<Transport>, Transport)
+    const settled = options?.retry === undefined ? metricsOf(session, fiber) : undefined
+    const run = (gss: boolean) => {
+      // one machine, one socket, no Scope: each run closes its socket when it ends or is interrupted
+      const driver = new Driver(
+        transport,
+        session.options,
+        cachedConfig(session, gss),
+        CancelMachine.initial,
+        undefined
+      )
+      const timeout = deadlineMillis(session, options?.timeout)
+      return retrying(options?.retry, (n) => {
+        // every attempt after the first starts from PQcancelReset: a new socket, the same key
+        if (n > 0) driver.apply(CancelMachine.Events.reset)
+        return blockingRun(driver, timeout, "run", settled)
+      })
+    }
+    return gssPossible(session, STRICT)
+      ? Effect.flatMap(transport.gssCredentialsAvailable(session.options), run)
+      : run(false) // withFiber is evaluated per execution: each run gets its own driver
+  })
+
+// the one-shot cancel's machine configuration (with the encoded CancelRequest), built once per session object and
+// GSS availability: a SessionInfo is immutable, and an application that cancels a session again reuses it
+const configs = new WeakMap<SessionInfo, { gss?: CancelMachine.MachineConfig; plain?: CancelMachine.MachineConfig }>()
+const cachedConfig = (session: SessionInfo, gss: boolean): CancelMachine.MachineConfig => {
+  let entry = configs.get(session)
+  if (entry === undefined) {
+    entry = {}
+    configs.set(session, entry)
+  }
+  return gss
+    ? (entry.gss ??= machineConfig(session, session.key!, false, true))
+    : (entry.plain ??= machineConfig(session, session.key!, false, false))
 }
 
 // what a trace may show: where the cancel went and how; never the key. Without a tracing backend (Effect's
 // in-memory native tracer) or with tracing disabled, no span is made at all.
-const traced = <A, E, R>(session: SessionInfo, untracked: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
-  const effect = CancelMetrics.trackCancel(session)(untracked) // pqcancel.cancels + .cancel.duration (CancelMetrics.ts)
+const traced = <A, E, R>(session: SessionInfo, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
   return Effect.withFiber((fiber) =>
     fiber.getRef(Tracer.Tracer) === Tracer.nativeTracer || !fiber.getRef(References.TracerEnabled)
       ? effect

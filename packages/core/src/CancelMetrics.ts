@@ -198,6 +198,24 @@ const outcomeOf = (exit: Exit.Exit<unknown, unknown>): Outcome | undefined => {
   return tag === "CancelTimeout" ? "timed_out" : "failed"
 }
 
+/**
+ * Counts one cancel's outcome and records its latency, from a caller that already knows the outcome (the one-shot
+ * cancel records it where its run ends, without an `onExit` wrapper).
+ *
+ * @internal
+ */
+export const recordOutcome = (
+  session: Labelled,
+  outcome: Outcome,
+  seconds: number,
+  context: Context.Context<never>
+): void => {
+  const series = cancelSeries[transportOf(session)][session.options.sslmode]?.[outcome]
+  if (series === undefined) return
+  series.count.updateUnsafe(1, context)
+  series.duration.updateUnsafe(seconds, context)
+}
+
 const record = (
   session: Labelled,
   exit: Exit.Exit<unknown, unknown>,
@@ -205,11 +223,7 @@ const record = (
   context: Context.Context<never>
 ): void => {
   const outcome = outcomeOf(exit)
-  if (outcome === undefined) return
-  const series = cancelSeries[transportOf(session)][session.options.sslmode]?.[outcome]
-  if (series === undefined) return
-  series.count.updateUnsafe(1, context)
-  series.duration.updateUnsafe(seconds, context)
+  if (outcome !== undefined) recordOutcome(session, outcome, seconds, context)
 }
 
 /**

@@ -10,6 +10,7 @@ import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
+import * as Schedule from "effect/Schedule"
 import * as Net from "node:net"
 import { assertCancelled, conninfo, sessionInfo, sleepingQuery } from "./fixtures.ts"
 
@@ -103,6 +104,32 @@ describe("CancelMetrics on faults", () => {
         const timedOutDuration = yield* Metric.value(CancelMetrics.cancelDuration("tcp", "disable", "timed_out"))
         assert.strictEqual(timedOutDuration.count, 1)
         assert.isTrue(timedOutDuration.sum > 0.1, `recorded ${timedOutDuration.sum} s for a 300 ms timeout`)
+      }).pipe(withRegistry))
+
+    it.effect("a cancel is counted once whatever its path: retried, never created, interrupted (not counted)", () =>
+      Effect.gen(function*() {
+        // two attempts (a retry after the refused first), one outcome
+        const refused = yield* tcpSession(yield* closedPort, "sslmode=disable")
+        const failed = yield* Effect.flip(CancelConnection.cancel(refused, { retry: Schedule.recurs(1) }))
+        assert.strictEqual(failed._tag, "CancelFailed")
+        assert.strictEqual(yield* count(CancelMetrics.cancels("tcp", "disable", "failed")), 1)
+        assert.strictEqual((yield* Metric.value(CancelMetrics.cancelDuration("tcp", "disable", "failed"))).count, 1)
+
+        // a session without a key: CancelCreateError, counted as failed before any socket
+        const keyless = { ...refused, key: undefined }
+        const notCreated = yield* Effect.flip(CancelConnection.cancel(keyless))
+        assert.strictEqual(notCreated._tag, "CancelCreateError")
+        assert.strictEqual(yield* count(CancelMetrics.cancels("tcp", "disable", "failed")), 2)
+
+        // interrupted while the server has not answered: no outcome, nothing counted
+        const fake = yield* FakePostmaster.make({ script: [{ expect: "cancelRequest" }, "hang"] })
+        const silent = yield* tcpSession(fake.port, "sslmode=disable")
+        const fiber = yield* CancelConnection.cancel(silent).pipe(Effect.forkChild)
+        yield* fake.awaitConnection(0)
+        yield* Fiber.interrupt(fiber)
+        assert.strictEqual(yield* count(CancelMetrics.cancels("tcp", "disable", "failed")), 2)
+        assert.strictEqual(yield* count(CancelMetrics.cancels("tcp", "disable", "timed_out")), 0)
+        assert.strictEqual(yield* count(CancelMetrics.cancels("tcp", "disable", "dispatched")), 0)
       }).pipe(withRegistry))
 
     it.effect("a session whose cancel cannot be confirmed is counted as retired, with its reason", () =>
