@@ -5,7 +5,6 @@ import { LibpqHarness } from "@pqcancel/test-utils"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
-import * as ChildProcess from "node:child_process"
 import * as Path from "node:path"
 import * as Url from "node:url"
 
@@ -37,46 +36,12 @@ export interface Harness {
 
 /** Starts the harness; it is told to quit (and killed if needed) when the Scope closes. */
 export const start: Effect.Effect<Harness, HarnessError, Scope.Scope> = Effect.gen(function*() {
-  const path = yield* ensureBuilt
-  const child = yield* Effect.acquireRelease(
-    Effect.sync(() => ChildProcess.spawn(path, [], { stdio: ["pipe", "pipe", "inherit"] })),
-    (child) =>
-      Effect.callback<void>((resume) => {
-        if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
-        const timer = setTimeout(() => child.kill("SIGKILL"), 5000)
-        child.once("exit", () => {
-          clearTimeout(timer)
-          resume(Effect.void)
-        })
-        child.stdin!.end("quit\n")
-      })
-  )
-  const waiting: Array<(line: string | undefined) => void> = []
-  let buffer = ""
-  child.stdout!.setEncoding("utf8")
-  child.stdout!.on("data", (chunk: string) => {
-    buffer += chunk
-    let nl = buffer.indexOf("\n")
-    while (nl !== -1) {
-      const line = buffer.slice(0, nl)
-      buffer = buffer.slice(nl + 1)
-      waiting.shift()?.(line)
-      nl = buffer.indexOf("\n")
-    }
-  })
-  child.once("exit", () => {
-    for (const w of waiting.splice(0)) w(undefined)
-  })
-  child.stdin!.on("error", () => {})
+  const child = yield* LibpqHarness.spawn(yield* ensureBuilt)
   const request = (line: string) =>
-    Effect.callback<string, HarnessError>((resume) => {
-      waiting.push((reply) => {
-        if (reply === undefined) resume(Effect.fail(harnessError(`harness exited during: ${line}`)))
-        else if (reply.startsWith("err ")) {
-          resume(Effect.fail(harnessError(`${line.split(" ")[0]}: ${reply.slice(4)}`)))
-        } else resume(Effect.succeed(reply))
-      })
-      child.stdin!.write(`${line}\n`)
+    Effect.flatMap(child.request(line), (reply) => {
+      if (reply === undefined) return Effect.fail(harnessError(`harness exited during: ${line}`))
+      if (reply.startsWith("err ")) return Effect.fail(harnessError(`${line.split(" ")[0]}: ${reply.slice(4)}`))
+      return Effect.succeed(reply)
     })
-  return { request, pid: child.pid ?? -1 }
+  return { request, pid: child.pid }
 })

