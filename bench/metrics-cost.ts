@@ -6,8 +6,7 @@
  */
 import { CancelKey, CancelMetrics, ConnectionOptions } from "@pqcancel/core"
 import * as Effect from "effect/Effect"
-import * as V8 from "node:v8"
-import { fullGc } from "./stats.ts"
+import { perCall } from "./stats.ts"
 
 const argv = process.argv.slice(2)
 const i = argv.indexOf("--n")
@@ -25,24 +24,7 @@ const bare: Effect.Effect<void, { readonly _tag: "CancelFailed" }> = Effect.map(
 const tracked = bare.pipe(CancelMetrics.trackCancel(session))
 
 const measure = (name: string, effect: Effect.Effect<void, { readonly _tag: "CancelFailed" }>) => {
-  for (let k = 0; k < 20000; k++) Effect.runSync(effect)
-  fullGc()
-  const profiler = new V8.GCProfiler()
-  profiler.start()
-  const before = V8.getHeapStatistics().used_heap_size
-  const t0 = performance.now()
-  for (let k = 0; k < n; k++) Effect.runSync(effect)
-  const t1 = performance.now()
-  const after = V8.getHeapStatistics().used_heap_size
-  let allocated = 0
-  let last = before
-  for (const gc of profiler.stop()?.statistics ?? []) {
-    allocated += gc.beforeGC.heapStatistics.usedHeapSize - last
-    last = gc.afterGC.heapStatistics.usedHeapSize
-  }
-  allocated += after - last
-  const us = (t1 - t0) * 1000 / n
-  const bytes = allocated / n
+  const { bytes, us } = perCall(n, 20000, () => Effect.runSync(effect))
   console.log(`${name.padEnd(40)} ${us.toFixed(3).padStart(8)} µs  ${bytes.toFixed(0).padStart(6)} B`)
   return { us, bytes }
 }

@@ -13,10 +13,9 @@ import * as Queue from "effect/Queue"
 import * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
 import * as SubscriptionRef from "effect/SubscriptionRef"
-import * as V8 from "node:v8"
 import type { Cell } from "./cells.ts"
 import { pqcancelOptions } from "./cells.ts"
-import { fullGc } from "./stats.ts"
+import { perCall } from "./stats.ts"
 
 const argv = process.argv.slice(2)
 const i = argv.indexOf("--n")
@@ -40,27 +39,8 @@ const session: CancelConnection.SessionInfo = {
 }
 
 const measure = (name: string, run: () => void) => {
-  for (let k = 0; k < Math.min(n, 2000); k++) run() // warm-up
-  fullGc()
-  const profiler = new V8.GCProfiler()
-  profiler.start()
-  const before = V8.getHeapStatistics().used_heap_size
-  const t0 = performance.now()
-  for (let k = 0; k < n; k++) run()
-  const t1 = performance.now()
-  const after = V8.getHeapStatistics().used_heap_size
-  let allocated = 0
-  let last = before
-  for (const gc of profiler.stop()?.statistics ?? []) {
-    allocated += gc.beforeGC.heapStatistics.usedHeapSize - last
-    last = gc.afterGC.heapStatistics.usedHeapSize
-  }
-  allocated += after - last
-  console.log(
-    `${name.padEnd(58)} ${((t1 - t0) * 1000 / n).toFixed(2).padStart(7)} µs  ${
-      (allocated / n).toFixed(0).padStart(7)
-    } B`
-  )
+  const { bytes, us } = perCall(n, Math.min(n, 2000), run)
+  console.log(`${name.padEnd(58)} ${us.toFixed(2).padStart(7)} µs  ${bytes.toFixed(0).padStart(7)} B`)
 }
 
 const runSync = <A, E>(effect: Effect.Effect<A, E>) => () => {

@@ -2,6 +2,7 @@
  * Small statistics and process-measurement helpers for the benchmark (no dependencies).
  */
 import * as Fs from "node:fs"
+import * as V8 from "node:v8"
 
 /** Summary of a sample set, in the unit of the samples. */
 export interface Summary {
@@ -64,6 +65,34 @@ export const fullGc = (): void => {
     gc()
     gc()
   }
+}
+
+/**
+ * CPU time (µs) and bytes allocated per call of `run`, over `n` calls after `warmup` calls and a full GC (run with
+ * `node --expose-gc`): bytes are counted across the garbage collections that happen meanwhile.
+ */
+export const perCall = (
+  n: number,
+  warmup: number,
+  run: () => void
+): { readonly us: number; readonly bytes: number } => {
+  for (let k = 0; k < warmup; k++) run()
+  fullGc()
+  const profiler = new V8.GCProfiler()
+  profiler.start()
+  const before = V8.getHeapStatistics().used_heap_size
+  const t0 = performance.now()
+  for (let k = 0; k < n; k++) run()
+  const t1 = performance.now()
+  const after = V8.getHeapStatistics().used_heap_size
+  let allocated = 0
+  let last = before
+  for (const gc of profiler.stop()?.statistics ?? []) {
+    allocated += gc.beforeGC.heapStatistics.usedHeapSize - last
+    last = gc.afterGC.heapStatistics.usedHeapSize
+  }
+  allocated += after - last
+  return { us: (t1 - t0) * 1000 / n, bytes: allocated / n }
 }
 
 /** JS-visible memory: V8 heap in use + external (ArrayBuffers, Buffers) in bytes. */
