@@ -5,13 +5,13 @@
  *
  *   node bench/ab.ts [tcp|unix] [--n 3000]
  */
-import { CancelConnection, CancelKey } from "@pqcancel/core"
+import { CancelConnection } from "@pqcancel/core"
 import { NodeTransport } from "@pqcancel/node"
 import * as EmbeddedPostgres from "@pqcancel/test-utils/EmbeddedPostgres"
 import * as TestSession from "@pqcancel/test-utils/TestSession"
 import * as Effect from "effect/Effect"
 import type { Cell } from "./cells.ts"
-import { pqcancelOptions } from "./cells.ts"
+import { pqcancelSession } from "./cells.ts"
 import { cancelPacket, floorTls, rawCancelWith } from "./node-systems.ts"
 import { summarize } from "./stats.ts"
 const transport = (process.argv[2] === "unix" ? "unix" : "tcp") as "tcp" | "unix"
@@ -21,13 +21,7 @@ const program = Effect.gen(function*() {
   const cluster = yield* EmbeddedPostgres.make({ version: 18, settings: { log_min_messages: "log" } })
   const cell: Cell = { id: `${transport}/3.0`, transport, protocol: "3.0" }
   const session = yield* TestSession.connectTo(cluster, { transport, tls: "disable", protocol: "3.0" })
-  const options = pqcancelOptions(cluster, cell)
-  const info: CancelConnection.SessionInfo = {
-    options,
-    host: options.hosts[0]!,
-    address: session.remote,
-    key: CancelKey.unsafeMake(session.backendKey)
-  }
+  const info = pqcancelSession(cluster, cell, session)
   const packet = cancelPacket(session.backendKey)
   const tls = floorTls(cluster, cell, true)
   const floor = Effect.callback<void>((resume) => {

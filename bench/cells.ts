@@ -1,7 +1,9 @@
 /**
  * What is measured: the transport × protocol cells and the systems, with the support matrix ("n/a" cells).
  */
-import { ConnectionOptions } from "@pqcancel/core"
+import { CancelKey, ConnectionOptions } from "@pqcancel/core"
+import type { CancelConnection } from "@pqcancel/core"
+import type { TestSession } from "@pqcancel/test-utils"
 import type { Cluster } from "@pqcancel/test-utils/EmbeddedPostgres"
 import * as Result from "effect/Result"
 
@@ -122,3 +124,18 @@ export const libpqConninfo = (cluster: Cluster, cell: Cell, extra?: Record<strin
  */
 export const pqcancelOptions = (cluster: Cluster, cell: Cell): ConnectionOptions.ConnectionOptions =>
   Result.getOrThrow(ConnectionOptions.fromStringResult(libpqConninfo(cluster, cell), {}))
+
+/** What pqcancel needs to cancel a TestSession's query in a cell: the cell's options, the session's address and key */
+export const pqcancelSession = (
+  cluster: Cluster,
+  cell: Cell,
+  session: TestSession.TestSession
+): CancelConnection.SessionInfo => {
+  const options = pqcancelOptions(cluster, cell)
+  return {
+    options,
+    host: options.hosts[0]!,
+    address: session.remote,
+    key: CancelKey.unsafeMake(session.backendKey)
+  }
+}

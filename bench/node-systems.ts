@@ -5,7 +5,7 @@
  * pg_stat_activity shows the backend in `PgSleep`, then time the cancel call until the server closed the cancel
  * connection (dispatch) and until the session received SQLSTATE 57014 (end-to-end).
  */
-import { CancelConnection, CancelKey } from "@pqcancel/core"
+import { CancelConnection } from "@pqcancel/core"
 import type { Transport } from "@pqcancel/core/Transport"
 import type { Cluster } from "@pqcancel/test-utils/EmbeddedPostgres"
 import * as TestSession from "@pqcancel/test-utils/TestSession"
@@ -20,7 +20,7 @@ import * as Tls from "node:tls"
 import pg from "pg"
 import postgres from "postgres"
 import type { Cell, SystemId } from "./cells.ts"
-import { encrypted as isEncrypted, libpqConninfo, pqcancelOptions, systems, tlsMode, verifyFull } from "./cells.ts"
+import { encrypted as isEncrypted, libpqConninfo, pqcancelSession, systems, tlsMode, verifyFull } from "./cells.ts"
 import type { Harness } from "./harness.ts"
 
 export const SLEEP = "SELECT pg_sleep(60)"
@@ -275,13 +275,7 @@ export const makeCellRunner = Effect.fnUntraced(function*(
     return yield* failure(`TestSession for ${cell.id} got a ${session.backendKey.protocolVersion} key`)
   }
   // one options object per cell, as an application holds one per pool
-  const options = pqcancelOptions(cluster, cell)
-  const sessionInfo: CancelConnection.SessionInfo = {
-    options,
-    host: options.hosts[0]!,
-    address: session.remote,
-    key: CancelKey.unsafeMake(session.backendKey)
-  }
+  const sessionInfo = pqcancelSession(cluster, cell, session)
 
   const negotiation = tlsMode(cell)
   const floorSession = yield* TestSession.connectTo(cluster, {

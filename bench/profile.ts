@@ -13,7 +13,7 @@
  * CPU time per cancel (process.cpuUsage) and bytes allocated per cancel (V8 heap growth summed across GCs, from
  * v8.GCProfiler).
  */
-import { CancelConnection, CancelKey } from "@pqcancel/core"
+import { CancelConnection } from "@pqcancel/core"
 import { Transport } from "@pqcancel/core/Transport"
 import { NodeTransport } from "@pqcancel/node"
 import * as EmbeddedPostgres from "@pqcancel/test-utils/EmbeddedPostgres"
@@ -25,7 +25,7 @@ import * as Inspector from "node:inspector/promises"
 import type * as Net from "node:net"
 import * as V8 from "node:v8"
 import type { Cell } from "./cells.ts"
-import { pqcancelOptions } from "./cells.ts"
+import { pqcancelSession } from "./cells.ts"
 import { cancelPacket, floorTls, rawCancel, startAndPoll } from "./node-systems.ts"
 import { fullGc, summarize } from "./stats.ts"
 
@@ -60,13 +60,7 @@ const program = Effect.gen(function*() {
     tls: transport === "tls" ? "sslrequest" : "disable",
     protocol: "3.2"
   })
-  const options = pqcancelOptions(cluster, cell)
-  const info: CancelConnection.SessionInfo = {
-    options,
-    host: options.hosts[0]!,
-    address: session.remote,
-    key: CancelKey.unsafeMake(session.backendKey)
-  }
+  const info = pqcancelSession(cluster, cell, session)
   const packet = cancelPacket(session.backendKey)
   const floorSetup = floorTls(cluster, cell, true)
 
