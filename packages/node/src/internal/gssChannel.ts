@@ -139,29 +139,30 @@ export const start = (api: Gss.GssApi, socket: Net.Socket, target: Target, emit:
       fail(text.subarray(0, nul === -1 ? text.length : nul).toString("utf8"))
       return
     }
-    if (pending.length < 4) return
+    const token = takeFrame(AUTH_BUFFER_SIZE, fail)
+    if (token !== undefined) step(token)
+  }
+
+  // one length-prefixed frame (handshake tokens and encrypted packets share the framing) taken off `pending`;
+  // undefined while it is incomplete, or when its declared length is over `limit` (then `onOversize` was told)
+  const takeFrame = (limit: number, onOversize: (message: string) => void): Buffer | undefined => {
+    if (pending.length < 4) return undefined
     const length = pending.readUInt32BE(0)
-    if (length > AUTH_BUFFER_SIZE - 4) {
-      fail(`oversize GSSAPI packet sent by the server (${length} > ${AUTH_BUFFER_SIZE - 4})`)
-      return
+    if (length > limit - 4) {
+      onOversize(`oversize GSSAPI packet sent by the server (${length} > ${limit - 4})`)
+      return undefined
     }
-    if (pending.length < 4 + length) return
-    const token = pending.subarray(4, 4 + length)
+    if (pending.length < 4 + length) return undefined
+    const frame = pending.subarray(4, 4 + length)
     pending = pending.subarray(4 + length)
-    step(token)
+    return frame
   }
 
   // decrypt every complete packet in `pending`
   const readPackets = () => {
-    while (!closed && pending.length >= 4) {
-      const length = pending.readUInt32BE(0)
-      if (length > MAX_PACKET_SIZE - 4) {
-        ioError(`oversize GSSAPI packet sent by the server (${length} > ${MAX_PACKET_SIZE - 4})`)
-        return
-      }
-      if (pending.length < 4 + length) return
-      const packet = pending.subarray(4, 4 + length)
-      pending = pending.subarray(4 + length)
+    while (!closed) {
+      const packet = takeFrame(MAX_PACKET_SIZE, ioError)
+      if (packet === undefined) return
       const result = api.unwrap(context, packet)
       if (isStatus(result)) {
         ioError(`GSSAPI unwrap error:${api.describe(result)}`)
