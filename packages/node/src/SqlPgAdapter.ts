@@ -572,7 +572,11 @@ const PgJson = Statement.custom<PgJson>("PgJson")
 export const make = Effect.fnUntraced(function*(
   config: PgClient.PgPoolConfig,
   options: Options = {}
-): Effect.fn.Return<PgClient.PgClient, SqlError | InvalidOption, Scope.Scope | Reactivity.Reactivity | Transport> {
+): Effect.fn.Return<
+  PgClient.PgClient & SqlClient.SqlClient,
+  SqlError | InvalidOption,
+  Scope.Scope | Reactivity.Reactivity | Transport
+> {
   const cancel = yield* Effect.fromResult(cancelOptions(config, options.cancelParams))
   const transport = yield* Transport
   const pool = yield* PgPool.make(config)
@@ -607,12 +611,13 @@ export const make = Effect.fnUntraced(function*(
       Effect.map(pool.get, (connection) => wrap(connection, multiplex)),
       (conn) => conn.executeRaw(`SELECT pg_notify($1, $2)`, [channel, payload])
     )))
-  const pgClient: PgClient.PgClient = Object.assign(client, {
+  const pgClient: PgClient.PgClient & SqlClient.SqlClient = Object.assign(client, {
     [PgClient.TypeId]: PgClient.TypeId,
     config,
     json: (value: unknown) => Statement.fragment([PgJson(value)]),
     listen,
-    notify
+    notify,
+    poolStats: pool.stats
   })
   return pgClient
 })
