@@ -60,3 +60,11 @@ export * as LibpqHarness from "./LibpqHarness.ts"
  * @since 0.1.0
  */
 export * as RecordingProxy from "./RecordingProxy.ts"
+
+/**
+ * A fault-injecting proxy in front of a real server: latency, slicing, blackholes, resets, held closes, refused
+ * connects and stalls, per connection.
+ *
+ * @since 0.1.0
+ */
+export * as FaultProxy from "./FaultProxy.ts"
