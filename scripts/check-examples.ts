@@ -1,6 +1,7 @@
 /**
- * Type-checks every ```ts example in the sources' JSDoc and in README.md: each block becomes a module under
- * build/examples/ and `tsc` checks them all against the workspace packages. Run by `pnpm check`.
+ * Type-checks every ```ts example in the sources' JSDoc, in README.md and in the guides (every .md under docs/): each block
+ * becomes a module under build/examples/ and `tsc` checks them all against the workspace packages. Run by
+ * `pnpm check`.
  */
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
@@ -12,6 +13,12 @@ Fs.rmSync(out, { recursive: true, force: true })
 Fs.mkdirSync(out, { recursive: true })
 
 const sources: Array<string> = ["README.md"]
+// upstream-sql-pg.md quotes code of @effect/sql-pg's own sources, not examples that compile on their own
+const notExamples = new Set(["upstream-sql-pg.md"])
+for (const file of Fs.readdirSync(Path.join(root, "docs"), { recursive: true, encoding: "utf8" }).sort()) {
+  if (!file.endsWith(".md") || notExamples.has(file) || file.split(Path.sep).includes("node_modules")) continue
+  sources.push(Path.join("docs", file))
+}
 for (const pkg of Fs.readdirSync(Path.join(root, "packages"))) {
   const src = Path.join("packages", pkg, "src")
   for (const file of Fs.readdirSync(Path.join(root, src))) if (file.endsWith(".ts")) sources.push(Path.join(src, file))

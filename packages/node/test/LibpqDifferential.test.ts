@@ -5,7 +5,7 @@
  * status after start and after every poll, the poll results, PQcancelBlocking's result, the error texts, and the
  * packets of each cancel connection (plaintext parts); for encrypted modes, no CancelRequest in plaintext and, for
  * pqcancel, the key bytes nowhere on the wire. Every difference must be in libpqDeviations.ts (rendered in the
- * README's deviation section).
+ * deviation table of docs/differences-from-libpq.md).
  */
 import { assert, layer } from "@effect/vitest"
 import { CancelKey, ConnectionOptions, Libpq } from "@pqcancel/core"
@@ -410,12 +410,12 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
       { timeout: 120_000 }
     )
 
-    it.effect("the README's deviation section is the table", () =>
+    it.effect("the guide's deviation section is the table", () =>
       Effect.sync(() => {
-        const readme = Fs.readFileSync(Path.join(root, "README.md"), "utf8")
+        const readme = Fs.readFileSync(Path.join(root, "docs", "differences-from-libpq.md"), "utf8")
         const start = readme.indexOf("<!-- libpq-deviations:start -->")
         const end = readme.indexOf("<!-- libpq-deviations:end -->")
-        assert.isTrue(start !== -1 && end > start, "README has the deviation markers")
+        assert.isTrue(start !== -1 && end > start, "docs/differences-from-libpq.md has the deviation markers")
         // dprint pads the table's cells: compare cell by cell
         const cells = (table: string) =>
           table.trim().split("\n").map((line) => line.replace(/\s*\|\s*/g, "|").replace(/-{3,}/g, "---"))

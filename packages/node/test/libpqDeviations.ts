@@ -1,9 +1,9 @@
 /**
- * THE table of pqcancel's remaining differences from libpq 18's cancel API (rendered in the README's deviation
- * section). The differential suite (LibpqDifferential.test.ts) checks every difference it observes against it: an
- * unlisted difference, a listed one whose values changed, or a listed one that no longer occurs fails the suite, and
- * the README's section must be {@link renderMarkdown}'s output. Entries without `observed` are differences the suite
- * cannot see from behind a TCP proxy (documented, with their reason).
+ * THE table of pqcancel's remaining differences from libpq 18's cancel API (rendered in the deviation section of
+ * docs/differences-from-libpq.md). The differential suite (LibpqDifferential.test.ts) checks every difference it
+ * observes against it: an unlisted difference, a listed one whose values changed, or a listed one that no longer
+ * occurs fails the suite, and the guide's section must be {@link renderMarkdown}'s output. Entries without
+ * `observed` are differences the suite cannot see from behind a TCP proxy (documented, with their reason).
  */
 
 export type Mode = "poll" | "blocking" | "reset" | "legacy"
@@ -200,7 +200,7 @@ export const deviations: ReadonlyArray<Deviation> = [
 
 const cell = (s: string) => s.replaceAll("|", "\\|").replaceAll("\n", " ")
 
-/** The README's deviation table. */
+/** The deviation table of docs/differences-from-libpq.md. */
 export const renderMarkdown = (): string =>
   [
     "| difference | libpq 18 | pqcancel | why |",
