@@ -138,9 +138,22 @@ export type Event =
   | { readonly _tag: "Eof" }
   | { readonly _tag: "IoError"; readonly code: string | undefined; readonly message: string }
   | { readonly _tag: "TlsEstablished"; readonly alpn: string | false }
-  | { readonly _tag: "TlsFailed"; readonly message: string }
+  | {
+    readonly _tag: "TlsFailed"
+    readonly message: string
+    /**
+     * why, when the network failed the handshake rather than TLS: the errno name (`ECONNRESET`, `EPIPE`), or `EOF`
+     * when the server closed during it (a new attempt may succeed); absent for certificate and protocol failures
+     */
+    readonly code?: string | undefined
+  }
   | { readonly _tag: "GssEstablished" }
-  | { readonly _tag: "GssFailed"; readonly message: string }
+  | {
+    readonly _tag: "GssFailed"
+    readonly message: string
+    /** as `TlsFailed`'s: `EOF` or an errno name when the network, not GSSAPI, failed the handshake */
+    readonly code?: string | undefined
+  }
   | { readonly _tag: "Deadline" }
 
 /**

@@ -16,7 +16,7 @@ import * as Schedule from "effect/Schedule"
 import { TestClock } from "effect/testing"
 
 /** What the fake server does with one cancel connection. */
-type Attempt = "ok" | "refused" | "reset" | "tls-verify-fails" | "garbage"
+type Attempt = "ok" | "refused" | "reset" | "tls-verify-fails" | "tls-reset" | "tls-closed" | "garbage"
 
 const fakeTransport = (script: ReadonlyArray<Attempt>, onDispatched?: () => void) => {
   const attempts: Array<Attempt> = []
@@ -38,7 +38,7 @@ const fakeTransport = (script: ReadonlyArray<Attempt>, onDispatched?: () => void
         fd: () => -1,
         write: (bytes) => {
           // an SSLRequest is 8 bytes with code 80877103; a CancelRequest is 16 bytes (3.0 key)
-          if (bytes.length === 8 && attempt === "tls-verify-fails") {
+          if (bytes.length === 8) {
             return emit({ _tag: "Data", bytes: Uint8Array.of(0x53) })
           }
           if (attempt === "reset") return emit({ _tag: "IoError", code: "ECONNRESET", message: "read ECONNRESET" })
@@ -46,7 +46,16 @@ const fakeTransport = (script: ReadonlyArray<Attempt>, onDispatched?: () => void
           onDispatched?.()
           emit({ _tag: "Eof" })
         },
-        startTls: () => emit({ _tag: "TlsFailed", message: "SSL error: certificate verify failed" }),
+        startTls: () =>
+          emit(
+            attempt === "tls-reset"
+              ? { _tag: "TlsFailed", message: "SSL SYSCALL error: Connection reset by peer", code: "ECONNRESET" }
+              : attempt === "tls-closed"
+              ? { _tag: "TlsFailed", message: "SSL SYSCALL error: EOF detected", code: "EOF" }
+              : attempt === "ok"
+              ? { _tag: "TlsEstablished", alpn: "postgresql" }
+              : { _tag: "TlsFailed", message: "SSL error: certificate verify failed", code: "ERR_SSL_X" }
+          ),
         startGss: () => emit({ _tag: "GssFailed", message: "no GSS" }),
         close: () => {
           closed = true
@@ -128,6 +137,27 @@ describe("CancelConnection retry", () => {
       assert.include(error.message, "certificate verify failed")
       assert.deepStrictEqual(fake.attempts, ["tls-verify-fails"])
     }))
+
+  for (const attempt of ["tls-reset", "tls-closed"] as const) {
+    it.effect(`a ${attempt === "tls-reset" ? "reset" : "close"} in the middle of the TLS handshake is transient`, () =>
+      Effect.gen(function*() {
+        const session = yield* tls
+        const single = yield* Effect.flip(
+          CancelConnection.cancel(session).pipe(Effect.provideService(Transport, fakeTransport([attempt]).service))
+        )
+        assert.strictEqual(single._tag, "CancelFailed")
+        assert.isTrue(CancelError.isTransient(single))
+        assert.include(single.message, "SSL SYSCALL error")
+        const fake = fakeTransport([attempt, "ok"])
+        const fiber = yield* CancelConnection.cancel(session, { retry: Schedule.spaced("1 second") }).pipe(
+          Effect.provideService(Transport, fake.service),
+          Effect.forkChild
+        )
+        const exit = yield* driveUntilDone(fiber, "1 second", 10)
+        assert.isTrue(Exit.isSuccess(exit))
+        assert.deepStrictEqual(fake.attempts, [attempt, "ok"])
+      }))
+  }
 
   it.effect("a protocol violation is never retried", () =>
     Effect.gen(function*() {

@@ -393,7 +393,7 @@ class NodeConnection implements TransportNs.Connection {
     // the server hung up during the handshake: libpq's "SSL SYSCALL error: EOF detected"
     secure.on(
       "end",
-      () => this.secured ? this.onEnd() : emit({ _tag: "TlsFailed", message: TlsErrors.EOF_DETECTED })
+      () => this.secured ? this.onEnd() : emit({ _tag: "TlsFailed", message: TlsErrors.EOF_DETECTED, code: "EOF" })
     )
     secure.on("error", (error: NodeJS.ErrnoException) => {
       emit(
@@ -401,6 +401,8 @@ class NodeConnection implements TransportNs.Connection {
           ? { _tag: "IoError", code: error.code, message: errorText(error) }
           : {
             _tag: "TlsFailed",
+            // a reset or broken pipe is the network's (transient); a TLS or certificate code is not
+            code: error.code,
             // libpq's texts (internal/tlsErrors.ts); Node sets authorizationError when verification failed
             message: TlsErrors.handshakeFailureText(error, {
               verificationFailed: typeof (secure as { authorizationError?: unknown }).authorizationError === "string",

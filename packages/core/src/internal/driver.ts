@@ -37,8 +37,10 @@ const transientCodes = new Set([
 ])
 
 /**
- * Whether a failure caused by `event` may not happen again: refused, reset, closed early, timed out. TLS and
- * certificate failures, encryption the server refuses, protocol errors and option errors would happen again.
+ * Whether a failure caused by `event` may not happen again: refused, reset, closed early, timed out — also in the
+ * middle of a TLS or GSS handshake (a reset or the server's close there is the network's, not the handshake's).
+ * Certificate and TLS protocol failures, GSSAPI errors, encryption the server refuses, protocol errors and option
+ * errors would happen again.
  *
  * @internal
  */
@@ -47,6 +49,9 @@ export const isTransientFailure = (event: CancelMachine.Event): boolean => {
     case "ConnectFailed":
     case "IoError":
       return event.code !== undefined && transientCodes.has(event.code)
+    case "TlsFailed":
+    case "GssFailed":
+      return event.code !== undefined && (event.code === "EOF" || transientCodes.has(event.code))
     case "Eof":
     case "Deadline":
       return true

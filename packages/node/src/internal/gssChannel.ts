@@ -75,12 +75,13 @@ export const start = (api: Gss.GssApi, socket: Net.Socket, target: Target, emit:
     api.releaseCred(c)
   }
 
-  const fail = (message: string) => {
+  // `code`: `EOF` when the server closed during the handshake (transient), absent for GSSAPI's own failures
+  const fail = (message: string, code?: string) => {
     if (failed || established || closed) return
     failed = true
     socket.off("data", onData)
     socket.off("end", onEnd)
-    emit({ _tag: "GssFailed", message })
+    emit(code === undefined ? { _tag: "GssFailed", message } : { _tag: "GssFailed", message, code })
   }
 
   const ioError = (message: string) => {
@@ -188,7 +189,7 @@ export const start = (api: Gss.GssApi, socket: Net.Socket, target: Target, emit:
       return
     }
     // libpq fails the attempt without a text of its own here; the read path's text says what happened
-    fail(SERVER_CLOSED)
+    fail(SERVER_CLOSED, "EOF")
   }
 
   socket.on("data", onData)
