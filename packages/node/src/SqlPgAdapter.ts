@@ -38,6 +38,7 @@
  *
  * @since 0.1.0
  */
+import sqlPgPackage from "@effect/sql-pg/package.json" with { type: "json" }
 import * as PgClient from "@effect/sql-pg/PgClient"
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as PgPool from "@effect/sql-pg/PgPool"
@@ -71,13 +72,22 @@ import * as Tls from "node:tls"
 import { isWeakerSslmode, sslMaterialOf } from "./internal/driverTls.ts"
 
 /**
- * The `@effect/sql-pg` versions whose private connection state {@link readSession} was written against and tested
- * with (also the package's peer dependency range).
+ * The `@effect/sql-pg` versions whose private connection state {@link readSession} reads (also the package's peer
+ * dependency range): CI runs the adapter's tests against both ends, 4.0.5 and the newest 4.x.
  *
  * @category constants
  * @since 0.1.0
  */
-export const testedVersions = "~4.0.5"
+export const testedVersions = ">=4.0.5 <5"
+
+/**
+ * The version of the `@effect/sql-pg` this adapter runs against (from its `package.json`), named in
+ * {@link SqlPgInternalsChanged}.
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const installedVersion: string = (sqlPgPackage as { readonly version?: unknown }).version as string
 
 /**
  * sql-pg's private connection state is not where or what this adapter expects (a changed `@effect/sql-pg`): the
@@ -116,7 +126,8 @@ const internalsKey = "~@effect/sql-pg/PgConnection/internals"
 const changed = (what: string) =>
   Result.fail(
     new SqlPgInternalsChanged({
-      message: `@effect/sql-pg internals changed (pqcancel reads them as of @effect/sql-pg ${testedVersions}): ${what}`
+      message: `@effect/sql-pg ${installedVersion}: internals changed (pqcancel reads them as of @effect/sql-pg ` +
+        `${testedVersions}): ${what}`
     })
   )
 
@@ -124,7 +135,7 @@ const isInt32 = (n: unknown): n is number =>
   Number.isInteger(n) && (n as number) >= -0x80000000 && (n as number) <= 0x7fffffff
 
 /**
- * THE private read. sql-pg 4.0.x keeps, per physical connection:
+ * THE private read. sql-pg 4.0.5 to 4.1.x keep, per physical connection:
  * - `connection["~@effect/sql-pg/PgConnection/internals"].base`: the unpinned connection (a pinned view from
  *   `pin`/`reserve` points to it; the pool uses the same field as the item's identity);
  * - `base.session`: `{ socket, encrypted, processId, secretKey }`, built by `connect()` from BackendKeyData (3.0 keys:

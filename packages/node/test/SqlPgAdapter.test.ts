@@ -507,7 +507,8 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
       for (const [name, fake] of broken) {
         const error = yield* Effect.flip(SqlPgAdapter.sessionInfo(fake as PgConnection.PgConnection, options))
         assert.strictEqual(error._tag, "SqlPgInternalsChanged", name)
-        assert.include(error.message, "@effect/sql-pg internals changed", name)
+        assert.include(error.message, `@effect/sql-pg ${SqlPgAdapter.installedVersion}: internals changed`, name)
+        assert.match(SqlPgAdapter.installedVersion, /^4\.\d+\.\d+/)
       }
     }))
 })
