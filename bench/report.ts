@@ -5,6 +5,7 @@ import type { BurstResult } from "./burst.ts"
 import type { SystemId } from "./cells.ts"
 import { allCells, systems } from "./cells.ts"
 import type { InflightResult } from "./inflight.ts"
+import type { RuntimeCell } from "./runtimes.ts"
 import type { Summary } from "./stats.ts"
 import { summarize } from "./stats.ts"
 
@@ -26,6 +27,8 @@ export interface Report {
   readonly ratios: ReadonlyArray<CellRatios>
   readonly bursts: ReadonlyArray<BurstResult>
   readonly inflight: ReadonlyArray<InflightResult>
+  /** the runtime cells (bench/runtimes.ts), absent in older results */
+  readonly runtimes?: ReadonlyArray<RuntimeCell> | undefined
   readonly durationSeconds: number
 }
 

@@ -6,7 +6,9 @@
  *   node bench/run.ts --quick    smoke test (< 1 minute)
  *
  * Options: --samples N  --warmup N  --bursts 200,1000  --burst-reps N  --inflight N  --cells tcp/3.0,unix/3.2
- *          --systems pqcancel-blocking,libpq-poll  --no-latency  --no-burst  --no-inflight
+ *          --systems pqcancel-blocking,libpq-poll  --no-latency  --no-burst  --no-inflight  --no-runtimes
+ *
+ * The runtime cells (bench/runtimes.ts): the one-shot cancel on Node, Bun and Deno against each runtime's own floors.
  *
  * Results: a table on stdout, bench/results/<timestamp>.json and .svg (and latest.json / latest.svg).
  */
@@ -31,6 +33,8 @@ import { benchError, makeCellRunner } from "./node-systems.ts"
 import type { Sample } from "./node-systems.ts"
 import { computeRatios, renderSvg, renderTables } from "./report.ts"
 import type { LatencyResult, Report } from "./report.ts"
+import { renderRuntimes, runRuntimes } from "./runtimes.ts"
+import type { RuntimeCell } from "./runtimes.ts"
 import { summarize } from "./stats.ts"
 
 // --expose-gc is needed for the memory figures: re-exec once with it
@@ -66,7 +70,8 @@ const config = {
   verbose: flag("verbose"),
   latency: !flag("no-latency"),
   burst: !flag("no-burst"),
-  inflightOn: !flag("no-inflight")
+  inflightOn: !flag("no-inflight"),
+  runtimes: !flag("no-runtimes")
 }
 const cells: ReadonlyArray<Cell> = allCells.filter((c) => config.cells.includes(c.id))
 const activeSystems = systems.filter((s) => config.systems.includes(s.id))
@@ -200,6 +205,12 @@ const main = Effect.gen(function*() {
     inflight = yield* runInflight({ n: config.inflight, log: (line) => log(line) })
   }
 
+  let runtimes: Array<RuntimeCell> = []
+  if (config.runtimes) {
+    yield* log("runtime cells (Node, Bun, Deno; bench/runtimes.ts)")
+    runtimes = yield* Effect.sync(() => runRuntimes({ n: quick ? 60 : 400 }))
+  }
+
   const report: Report = {
     date: new Date().toISOString(),
     mode: quick ? "quick" : "full",
@@ -218,9 +229,13 @@ const main = Effect.gen(function*() {
     ratios: computeRatios(latency),
     bursts,
     inflight,
+    runtimes,
     durationSeconds: (performance.now() - started) / 1000
   }
   yield* log(renderTables(report))
+  if (runtimes.length > 0) {
+    yield* log(`\nOne-shot cancel per runtime, dispatch median (ms):\n\n${renderRuntimes(runtimes)}`)
+  }
   const dir = Path.join(Path.dirname(Url.fileURLToPath(import.meta.url)), "results")
   const stamp = report.date.replace(/[:.]/g, "-")
   yield* Effect.sync(() => {

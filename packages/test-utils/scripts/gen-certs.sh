@@ -4,6 +4,9 @@
 #   ca.crt / ca.key                  test CA ("pqcancel test CA")
 #   server.crt / server.key          CN=localhost, SAN DNS:localhost, IP:127.0.0.1, IP:::1, signed by ca
 #   wrong-ca.crt / wrong-ca.key      an unrelated CA (verify-ca / verify-full failure tests)
+#   impostor.crt / impostor.key      the server's names (CN=localhost, same SANs) signed by wrong-ca: an impostor
+#                                    server a verifying client must reject (a usable server certificate, unlike
+#                                    wrong-ca.crt, which BoringSSL (Bun) refuses to serve: no digitalSignature usage)
 #   client.crt / client.key          CN=postgres, for `cert` authentication, signed by ca
 #   client-encrypted.key             the client key as encrypted PKCS#8, passphrase "secret"
 #   empty.crl / server-revoked.crl   CRLs of ca: nothing revoked / server.crt revoked (sslcrl tests)
@@ -50,11 +53,12 @@ ca() { # name subject
     -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
 }
 
-leaf() { # name subject extfile
+leaf() { # name subject extfile [issuer, default ca]
+  issuer="${4:-ca}"
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 \
     -keyout "$1.key" -out "$tmp/$1.csr" -subj "$2" 2>/dev/null
-  openssl x509 -req -in "$tmp/$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -CAserial "$tmp/ca.srl" \
-    -out "$1.crt" -days "$days" -sha256 -extfile "$3" 2>/dev/null
+  openssl x509 -req -in "$tmp/$1.csr" -CA "$issuer.crt" -CAkey "$issuer.key" -CAcreateserial \
+    -CAserial "$tmp/$issuer.srl" -out "$1.crt" -days "$days" -sha256 -extfile "$3" 2>/dev/null
 }
 
 ca ca "/CN=pqcancel test CA"
@@ -67,6 +71,7 @@ extendedKeyUsage=serverAuth
 subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1
 EXT
 leaf server "/CN=localhost" "$tmp/server.ext"
+leaf impostor "/CN=localhost" "$tmp/server.ext" wrong-ca
 
 cat > "$tmp/client.ext" <<'EXT'
 basicConstraints=critical,CA:FALSE
@@ -81,3 +86,4 @@ chmod 0644 ./*.crt
 chmod 0600 ./*.key
 crls
 openssl verify -CAfile ca.crt server.crt client.crt
+openssl verify -CAfile wrong-ca.crt impostor.crt

@@ -233,11 +233,14 @@ export const backendKeyData = (pid: number, key: Uint8Array): Uint8Array =>
 export const serverTls = (options?: {
   readonly alpn?: boolean | undefined
   readonly requireAlpn?: boolean | undefined
-  /** present the certificate of another CA (`wrong-ca.crt`): an impostor the client must reject */
+  /**
+   * present a certificate for the same names signed by another CA (`impostor.crt`, issued by `wrong-ca.crt`): an
+   * impostor the client must reject
+   */
   readonly impostor?: boolean | undefined
 }): ServerTls => {
   const fixtures = new URL("../fixtures/", import.meta.url)
-  const name = options?.impostor === true ? "wrong-ca" : "server"
+  const name = options?.impostor === true ? "impostor" : "server"
   return {
     cert: Fs.readFileSync(Url.fileURLToPath(new URL(`${name}.crt`, fixtures)), "utf8"),
     key: Fs.readFileSync(Url.fileURLToPath(new URL(`${name}.key`, fixtures)), "utf8"),

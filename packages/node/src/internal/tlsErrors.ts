@@ -10,6 +10,10 @@
  *   a second line `This may indicate that the server does not support any SSL protocol version between <min> and
  *   <max>.` with the configured bounds (default TLSv1.2 and TLSv1.3).
  *
+ * The same texts on Bun and Deno's `node:tls`: BoringSSL (Bun) names its reasons in capitals (`WRONG_VERSION_NUMBER`),
+ * read as OpenSSL's lower-case text; Deno reports a verification failure as an error whose code is the X509 one
+ * (`UNABLE_TO_VERIFY_LEAF_SIGNATURE`) without setting `authorizationError`.
+ *
  * @internal
  */
 
@@ -31,6 +35,36 @@ const PROTOCOL_VERSION_REASONS: ReadonlySet<string> = new Set([
   "version too low"
 ])
 
+/** X509 verification codes (OpenSSL's `X509_V_ERR_*` without the prefix) as Node-compatible runtimes report them. */
+const X509_VERIFY_CODES: ReadonlySet<string> = new Set([
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_CRL",
+  "UNABLE_TO_DECRYPT_CERT_SIGNATURE",
+  "UNABLE_TO_DECRYPT_CRL_SIGNATURE",
+  "UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY",
+  "CERT_SIGNATURE_FAILURE",
+  "CRL_SIGNATURE_FAILURE",
+  "CERT_NOT_YET_VALID",
+  "CERT_HAS_EXPIRED",
+  "CRL_NOT_YET_VALID",
+  "CRL_HAS_EXPIRED",
+  "ERROR_IN_CERT_NOT_BEFORE_FIELD",
+  "ERROR_IN_CERT_NOT_AFTER_FIELD",
+  "ERROR_IN_CRL_LAST_UPDATE_FIELD",
+  "ERROR_IN_CRL_NEXT_UPDATE_FIELD",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "CERT_CHAIN_TOO_LONG",
+  "CERT_REVOKED",
+  "INVALID_CA",
+  "PATH_LENGTH_EXCEEDED",
+  "INVALID_PURPOSE",
+  "CERT_UNTRUSTED",
+  "CERT_REJECTED"
+])
+
 /** @internal */
 export const CERTIFICATE_VERIFY_FAILED = "SSL error: certificate verify failed"
 /** @internal */
@@ -45,7 +79,10 @@ export const protocolVersionHint = (min: string | undefined, max: string | undef
 /** OpenSSL's reason of a Node TLS error, e.g. `wrong version number` (from `reason` or the `ERR_SSL_*` code). */
 const reasonOf = (error: NodeJS.ErrnoException): string | undefined => {
   const reason = (error as { readonly reason?: unknown }).reason
-  if (typeof reason === "string" && reason !== "") return reason
+  if (typeof reason === "string" && reason !== "") {
+    // BoringSSL (Bun): `WRONG_VERSION_NUMBER` is OpenSSL's `wrong version number`
+    return /^[A-Z0-9_]+$/.test(reason) ? reason.toLowerCase().replaceAll("_", " ") : reason
+  }
   const code = error.code ?? ""
   return code.startsWith("ERR_SSL_") ? code.slice("ERR_SSL_".length).toLowerCase().replaceAll("_", " ") : undefined
 }
@@ -67,7 +104,7 @@ export const handshakeFailureText = (
   const code = error.code ?? ""
   // libpq reports a host name mismatch without the "SSL error: " prefix
   if (code === HOST_MISMATCH || code === "ERR_TLS_CERT_ALTNAME_INVALID") return error.message
-  if (context.verificationFailed) return CERTIFICATE_VERIFY_FAILED
+  if (context.verificationFailed || X509_VERIFY_CODES.has(code)) return CERTIFICATE_VERIFY_FAILED
   if (code === "ECONNRESET") return "SSL SYSCALL error: Connection reset by peer"
   if (code === "EPIPE") return "SSL SYSCALL error: Broken pipe"
   const reason = reasonOf(error)

@@ -1,0 +1,72 @@
+/**
+ * The conformance suites of `@pqcancel/node` on the other runtimes (run by `.ci/run`, see docs/runtimes.md): the
+ * test files below, unchanged, under vitest running on Bun (`bun --bun`, worker threads) or Deno (`deno run -A`,
+ * child processes), each starting its own embedded PostgreSQL from that runtime and stopping it. `Runtime.test.ts`
+ * fails unless the files really run on that runtime. Prints `<runtime>: N passed, N failed` and exits non-zero on a
+ * failure.
+ *
+ *   node scripts/runtime-tests.ts bun|deno
+ */
+import * as ChildProcess from "node:child_process"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+
+const root = Path.resolve(import.meta.dirname, "..")
+const bin = (name: string) => Path.join(root, "node_modules", ".bin", name)
+const vitest = Path.join(root, "node_modules", "vitest", "vitest.mjs")
+
+/** The conformance-critical files: sslmodes and the key never in plaintext, faults, timeouts, the adapters. */
+export const conformanceFiles: ReadonlyArray<string> = [
+  "Runtime",
+  "CancelConnection",
+  "CancelLimits",
+  "ClientCert",
+  "Faults",
+  "PgAdapter",
+  "PostgresJsAdapter",
+  "SslMaterial",
+  "SslModes",
+  "SslModesNoTls"
+].map((name) => `packages/node/test/${name}.test.ts`)
+
+const runtimes = {
+  bun: { command: bin("bun"), args: ["--bun", vitest, "run", "--pool=threads"], files: conformanceFiles },
+  deno: { command: bin("deno"), args: ["run", "-A", vitest, "run", "--pool=forks"], files: conformanceFiles }
+} as const
+
+const name = process.argv[2]
+if (name !== "bun" && name !== "deno") {
+  console.error("usage: node scripts/runtime-tests.ts bun|deno")
+  process.exit(2)
+}
+const runtime = runtimes[name]
+const report = Path.join(root, "build", `${name}-results.json`)
+Fs.mkdirSync(Path.dirname(report), { recursive: true })
+Fs.rmSync(report, { force: true })
+const child = ChildProcess.spawnSync(
+  runtime.command,
+  [...runtime.args, "--reporter=default", "--reporter=json", `--outputFile.json=${report}`, ...runtime.files],
+  {
+    cwd: root,
+    stdio: "inherit",
+    env: { ...process.env, PQCANCEL_RUNTIME: name },
+    // bounded: a hung suite fails CI instead of stalling it
+    timeout: 240_000,
+    killSignal: "SIGKILL"
+  }
+)
+let passed = 0
+let failed = 0
+if (Fs.existsSync(report)) {
+  const results = JSON.parse(Fs.readFileSync(report, "utf8")) as {
+    readonly numPassedTests: number
+    readonly numFailedTests: number
+  }
+  passed = results.numPassedTests
+  failed = results.numFailedTests
+}
+// a non-zero exit with no failed test (unhandled error, timeout, crash) counts as one failure
+if (child.status !== 0 && failed === 0) failed = 1
+if (child.error !== undefined) console.error(`${name}: ${child.error.message}`)
+console.log(`${name}: ${passed} passed, ${failed} failed`)
+process.exit(failed === 0 ? 0 : 1)
