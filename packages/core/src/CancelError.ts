@@ -12,6 +12,7 @@
  * )
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import * as Schema from "effect/Schema"

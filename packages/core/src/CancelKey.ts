@@ -17,6 +17,7 @@
  * }
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import * as Effect from "effect/Effect"

@@ -24,6 +24,7 @@
  * state = started.state // STARTED; started.actions holds the Connect action
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import * as Redacted from "effect/Redacted"

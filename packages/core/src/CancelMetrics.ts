@@ -32,6 +32,7 @@
  * )
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import * as Clock from "effect/Clock"

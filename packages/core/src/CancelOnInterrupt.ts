@@ -48,6 +48,7 @@
  * }).pipe(Effect.timeout("2 seconds")) // the timeout interrupts ⇒ the server query is cancelled
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import * as Clock from "effect/Clock"

@@ -19,6 +19,7 @@
  * }).pipe(Effect.map((options) => options.hosts.length)) // 2
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import * as Config from "effect/Config"

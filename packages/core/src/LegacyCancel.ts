@@ -22,6 +22,7 @@
  * })
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import * as Duration from "effect/Duration"

@@ -12,6 +12,7 @@
  * // Uint8Array [0,0,0,16, 4,210,22,46, 0,0,4,210, 222,173,190,239]
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import * as Redacted from "effect/Redacted"

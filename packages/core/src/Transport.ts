@@ -14,6 +14,7 @@
  * const TestTransport = Layer.succeed(Transport.Transport, refuseAll)
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import * as Context from "effect/Context"

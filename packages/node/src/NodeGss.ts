@@ -32,6 +32,7 @@ import * as NodeGss from "@pqcancel/node/NodeGss"
  * const custom = NodeTransport.layerWith({ gss: { ccache: "FILE:/var/lib/app/krb5cc" } })
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import * as Effect from "effect/Effect"

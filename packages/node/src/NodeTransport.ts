@@ -16,6 +16,7 @@
  * const program = CancelConnection.cancel(session).pipe(Effect.provide(NodeTransport.layer))
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import type { CancelMachine, ConnectionOptions } from "@pqcancel/core"

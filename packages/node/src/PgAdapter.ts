@@ -48,6 +48,7 @@
  * )
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import type { CancelConnection } from "@pqcancel/core"

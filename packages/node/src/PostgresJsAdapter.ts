@@ -40,6 +40,7 @@
  * }).pipe(Effect.scoped, Effect.provide(NodeTransport.layer))
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import { CancelKey, ConnectionOptions } from "@pqcancel/core"

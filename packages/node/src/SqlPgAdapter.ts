@@ -36,6 +36,7 @@
  * }).pipe(Effect.provide(SqlLive))
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import sqlPgPackage from "@effect/sql-pg/package.json" with { type: "json" }

@@ -1,0 +1,45 @@
+/**
+ * TypeDoc plugin of the API site: readable page names and file names.
+ *
+ * - a module is named after its file (`CancelConnection`, `PgAdapter`, …), not its path (`core/src/CancelConnection`):
+ *   module names are unique across the packages, and each is the name users import it by;
+ * - a guide (a `projectDocuments` entry) is titled by its `# heading` (up to a colon) and its page is named after its
+ *   file: `docs/adapters/pg.md` → `documents/adapters-pg.html`, `bench/README.md` → `documents/bench.html`.
+ *
+ * The router `pqcancel` is TypeDoc's default `kind` router with those document file names.
+ */
+import {
+  type Application,
+  Converter,
+  type DocumentReflection,
+  KindRouter,
+  type Reflection,
+  ReflectionKind
+} from "typedoc"
+
+const fileNames = new WeakMap<Reflection, string>()
+
+// TypeDoc names a document by its path from the repository root, without the extension
+const fileNameOf = (path: string): string => path.replace(/^docs\//, "").replace(/\/README$/, "").replaceAll("/", "-")
+
+class GuideRouter extends KindRouter {
+  protected override getIdealBaseName(reflection: Reflection): string {
+    const fileName = fileNames.get(reflection)
+    return fileName === undefined ? super.getIdealBaseName(reflection) : `documents/${fileName}`
+  }
+}
+
+export const load = (app: Application): void => {
+  app.renderer.defineRouter("pqcancel", GuideRouter)
+  app.converter.on(Converter.EVENT_CREATE_DOCUMENT, (_context, document: DocumentReflection) => {
+    fileNames.set(document, fileNameOf(document.name))
+    const text = document.content.map((part) => part.text).join("")
+    const heading = /^# (.+)$/m.exec(text)?.[1]
+    if (heading !== undefined) document.name = heading.split(":")[0]!.replaceAll("`", "").trim()
+  })
+  app.converter.on(Converter.EVENT_RESOLVE_BEGIN, (context) => {
+    for (const module of context.project.getReflectionsByKind(ReflectionKind.Module)) {
+      module.name = module.name.split("/").at(-1)!
+    }
+  })
+}
