@@ -1,17 +1,25 @@
 /**
- * Packaging check (run by `.ci/run`): what a user installs from npm works outside this workspace.
+ * Packaging check (run by `.ci/run`): what a user installs from npm works outside this workspace, at both ends of
+ * every peer range and on every supported Node major.
  *
  * 1. builds @pqcancel/core and @pqcancel/node from scratch (JS + d.ts in dist/) and packs them with `pnpm pack`
  *    (which applies publishConfig: `exports` point at dist/, `workspace:^` becomes a version range);
- * 2. installs the two tarballs with npm into a temp project outside the workspace, with the lowest supported
- *    Effect and Node 22 from the npm `node` package — and no driver;
- * 3. type-checks the README's runnable examples (the blocks after `<!-- pack-check: NAME -->`) against the installed
- *    packages' d.ts and compiles them to JS;
- * 4. starts an embedded PostgreSQL 18 and runs them with Node 22 and with Node 24: first `no-driver` (and an import
- *    of `@pqcancel/node` with no driver installed), then, after `npm install pg@<lowest>`, `pg`, then again with the
- *    newest pg 8; then `postgres` with postgres.js 3.4.0 and the newest 3.x; then `sql-pg` with @effect/sql-pg.
+ * 2. installs Node 22.12.0 (the oldest the engines admit) and the newest Node 26 from the npm `node` package; Node 24
+ *    is the one running this script (the workspace's);
+ * 3. **oldest**: a temp project outside the workspace with the oldest supported effect, then the two tarballs with a
+ *    plain `npm install` (no flags: a peer range that excludes what is installed fails here as it would for a user),
+ *    and no driver: runs `no-driver` and an import of `@pqcancel/node` with no driver installed; then the oldest
+ *    supported drivers (`npm install @effect/sql-pg@4.0.5 pg@8.11.0 postgres@3.4.0`), and runs `pg`, `postgres` and
+ *    `sql-pg`;
+ * 4. **newest**: another project, first today's releases as a new user installs them (effect, @effect/sql-pg, pg,
+ *    postgres), then the tarballs beside them with a plain `npm install`, and runs all the examples;
+ * 5. every example is the README's runnable one (the ```ts block after `<!-- pack-check: NAME -->`), type-checked
+ *    against the installed packages' d.ts, compiled to JS and run on Node 22, 24 and 26 against an embedded
+ *    PostgreSQL 18 over TLS (verify-full).
  *
- * Exits non-zero on the first failure. `node scripts/pack-check.ts [--keep]` (`--keep` leaves the temp project).
+ * The projects' `.npmrc` turns off npm's audit and funding messages only (no resolution setting). Exits non-zero on
+ * the first failure. `node scripts/pack-check.ts [--keep]` (`--keep` leaves the temp projects). The versions below
+ * are the ones docs/supported-versions.md names; `pnpm check:latest` tries whatever is newest today.
  */
 import { EmbeddedPostgres } from "@pqcancel/test-utils"
 import * as Effect from "effect/Effect"
@@ -20,14 +28,13 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 
-/** Lowest versions the peer ranges promise, and the Node versions the engines promise. */
-const NODE_22 = "22.12.0"
-const EFFECT_LOWEST = "4.1.0"
-const PG_LOWEST = "8.11.0"
-const PG_NEWEST = "^8"
-const POSTGRES_LOWEST = "3.4.0"
-const POSTGRES_NEWEST = "^3"
-const SQL_PG = "4.0.5"
+/** Node majors from the npm `node` package (24: the Node running this script). */
+const NODES = { "Node 22": "22.12.0", "Node 26": "26.10.0" } as const
+
+/** The two ends of every peer range (`NEWEST`: the newest releases when this was last updated). */
+const OLDEST = { effect: "4.1.0", "@effect/sql-pg": "4.0.5", pg: "8.11.0", postgres: "3.4.0" } as const
+const NEWEST = { effect: "4.1.5", "@effect/sql-pg": "4.1.5", pg: "8.23.1", postgres: "4.2.0" } as const
+type Drivers = typeof OLDEST | typeof NEWEST
 
 const root = Path.resolve(import.meta.dirname, "..")
 const keep = process.argv.includes("--keep")
@@ -54,7 +61,9 @@ const run = (
         `${result.error === undefined ? "" : ` (${result.error.message})`}:\n${output}`
     )
   }
-  if (options.quiet !== true && output.trim() !== "") process.stdout.write(output.replace(/^/gm, "    "))
+  if (options.quiet !== true && output.trim() !== "") {
+    process.stdout.write(`${output.trimEnd().replace(/^/gm, "    ")}\n`)
+  }
   return output
 }
 
@@ -107,11 +116,39 @@ const buildAndPack = (into: string): ReadonlyArray<string> => {
   })
 }
 
+/** npm's environment without the `npm_config_*` settings pnpm passes to the scripts it runs. */
+const npmEnv = Object.fromEntries(Object.entries(process.env).filter(([key]) => !/^npm_/i.test(key)))
+
+/** A plain `npm install` (no flags, no npm settings from pnpm's environment), as a user runs it. */
 const npmInstall = (project: string, specs: ReadonlyArray<string>) =>
-  run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "--loglevel=error", ...specs], {
-    cwd: project,
-    quiet: true
-  })
+  run("npm", ["install", ...specs], { cwd: project, env: npmEnv })
+
+/** A directory with a package.json (and an .npmrc that silences audit and funding only). */
+const makeProject = (dir: string) => {
+  Fs.mkdirSync(Path.join(dir, "src"), { recursive: true })
+  Fs.writeFileSync(
+    Path.join(dir, "package.json"),
+    JSON.stringify({ name: Path.basename(dir), private: true, type: "module" }, null, 2)
+  )
+  Fs.writeFileSync(Path.join(dir, ".npmrc"), "audit=false\nfund=false\nupdate-notifier=false\n")
+  return dir
+}
+
+const installedVersion = (project: string, name: string): string | undefined => {
+  const manifest = Path.join(project, "node_modules", name, "package.json")
+  return Fs.existsSync(manifest)
+    ? (JSON.parse(Fs.readFileSync(manifest, "utf8")) as { readonly version: string }).version
+    : undefined
+}
+
+/** Fails unless npm installed exactly the requested versions (not a deduplicated or hoisted other one). */
+const expectInstalled = (project: string, versions: Readonly<Record<string, string>>) => {
+  for (const [name, version] of Object.entries(versions)) {
+    const installed = installedVersion(project, name)
+    if (installed !== version) throw new Error(`${project}: ${name} ${installed ?? "missing"}, expected ${version}`)
+  }
+  log(`${Path.basename(project)}: ${Object.entries(versions).map(([name, v]) => `${name} ${v}`).join(", ")}`)
+}
 
 /** Type-checks the examples against the installed packages and compiles them to `out/*.js`. */
 const compile = (project: string, names: ReadonlyArray<string>) => {
@@ -135,45 +172,49 @@ const compile = (project: string, names: ReadonlyArray<string>) => {
   run(Path.join(root, "node_modules", ".bin", "tsc"), ["-p", "tsconfig.json"], { cwd: project })
 }
 
+const driverSpecs = (drivers: Drivers) => [
+  `@effect/sql-pg@${drivers["@effect/sql-pg"]}`,
+  `pg@${drivers.pg}`,
+  `postgres@${drivers.postgres}`,
+  "@types/pg@8"
+]
+const driverExamples = ["pg", "postgres", "sql-pg"] as const
+const expected = /cancelled on the server: true, same session usable: true/
+
 const main = Effect.gen(function*() {
   const work = Fs.mkdtempSync(Path.join(Os.tmpdir(), "pqcancel-pack-"))
   yield* Effect.addFinalizer(() =>
     Effect.sync(() => (keep ? log(`kept ${work}`) : Fs.rmSync(work, { recursive: true, force: true })))
   )
   const tarballs = buildAndPack(work)
-
-  const project = Path.join(work, "project")
-  Fs.mkdirSync(Path.join(project, "src"), { recursive: true })
-  Fs.writeFileSync(
-    Path.join(project, "package.json"),
-    JSON.stringify({ name: "pack-check", private: true, type: "module" }, null, 2)
-  )
-  npmInstall(project, [...tarballs, `effect@${EFFECT_LOWEST}`, `node@${NODE_22}`, "@types/node@22"])
-  const node22 = Path.join(project, "node_modules", "node", "bin", "node")
-  const nodes: ReadonlyArray<readonly [string, string]> = [["Node 22", node22], ["Node 24", process.execPath]]
-  for (const [label, binary] of nodes) {
-    log(`${label}: ${run(binary, ["--version"], { cwd: project, quiet: true }).trim()}`)
-  }
-  if (Fs.existsSync(Path.join(project, "node_modules", "pg"))) throw new Error("pg was installed without asking")
-  const scope = Path.join(project, "node_modules", "@effect")
-  const installed = Fs.existsSync(scope) ? Fs.readdirSync(scope) : []
-  if (installed.length > 0) throw new Error(`@pqcancel/node pulled in @effect/${installed.join(", @effect/")}`)
-
   const examples = readmeExamples()
-  for (const [name, code] of examples) Fs.writeFileSync(Path.join(project, "src", `${name}.ts`), code)
-  Fs.writeFileSync(
-    Path.join(project, "src", "no-driver-import.ts"),
-    [
-      "// importing @pqcancel/node never loads a driver; an adapter's entry point needs its driver",
-      "import { NodeTransport } from \"@pqcancel/node\"",
-      "if (typeof NodeTransport.layer !== \"object\") throw new Error(\"no NodeTransport.layer\")",
-      "const error = await import(\"@pqcancel/node/PgAdapter\").then(() => undefined, (e: { code?: string }) => e)",
-      "if (error?.code !== \"ERR_MODULE_NOT_FOUND\") throw new Error(`PgAdapter without pg: ${String(error)}`)",
-      "console.log(\"@pqcancel/node imported without any driver\")",
-      ""
-    ].join("\n")
-  )
-  compile(project, ["no-driver", "no-driver-import"])
+
+  const nodes: Array<readonly [string, string]> = [["Node 24", process.execPath]]
+  for (const [label, version] of Object.entries(NODES)) {
+    const dir = makeProject(Path.join(work, `node-${version}`))
+    npmInstall(dir, [`node@${version}`])
+    nodes.push([label, Path.join(dir, "node_modules", "node", "bin", "node")])
+  }
+  nodes.sort(([a], [b]) => a.localeCompare(b))
+  for (const [label, binary] of nodes) {
+    log(`${label}: ${run(binary, ["--version"], { cwd: work, quiet: true }).trim()}`)
+  }
+
+  const writeExamples = (project: string) => {
+    for (const [name, code] of examples) Fs.writeFileSync(Path.join(project, "src", `${name}.ts`), code)
+    Fs.writeFileSync(
+      Path.join(project, "src", "no-driver-import.ts"),
+      [
+        "// importing @pqcancel/node never loads a driver; an adapter's entry point needs its driver",
+        "import { NodeTransport } from \"@pqcancel/node\"",
+        "if (typeof NodeTransport.layer !== \"object\") throw new Error(\"no NodeTransport.layer\")",
+        "const error = await import(\"@pqcancel/node/PgAdapter\").then(() => undefined, (e: { code?: string }) => e)",
+        "if (error?.code !== \"ERR_MODULE_NOT_FOUND\") throw new Error(`PgAdapter without pg: ${String(error)}`)",
+        "console.log(\"@pqcancel/node imported without any driver\")",
+        ""
+      ].join("\n")
+    )
+  }
 
   const cluster = yield* EmbeddedPostgres.make({ version: 18 })
   const env: NodeJS.ProcessEnv = {
@@ -191,39 +232,42 @@ const main = Effect.gen(function*() {
     DATABASE_URL: `postgres://postgres@localhost:${cluster.port}/postgres?sslmode=verify-full` +
       `&sslrootcert=${encodeURIComponent(cluster.caCertPath)}`
   }
-  const runExample = (name: string, expect: RegExp) => {
+  const runExample = (project: string, name: string, expect: RegExp) => {
     for (const [label, binary] of nodes) {
       const output = run(binary, [Path.join("out", `${name}.js`)], { cwd: project, env, quiet: true })
       if (!expect.test(output)) throw new Error(`${name} on ${label}: unexpected output:\n${output}`)
-      log(`${name} on ${label}: ok (${output.trim().split("\n").at(-1)?.trim()})`)
+      log(`${Path.basename(project)}: ${name} on ${label}: ok (${output.trim().split("\n").at(-1)?.trim()})`)
     }
   }
-  runExample("no-driver-import", /imported without any driver/)
-  runExample("no-driver", /cancel request dispatched/)
 
-  for (const pg of [PG_LOWEST, PG_NEWEST]) {
-    npmInstall(project, [`pg@${pg}`, "@types/pg@8"])
-    const version = (JSON.parse(Fs.readFileSync(Path.join(project, "node_modules", "pg", "package.json"), "utf8")) as {
-      readonly version: string
-    }).version
-    log(`pg ${version}`)
-    compile(project, ["pg"])
-    runExample("pg", /cancelled on the server: true, same session usable: true/)
-  }
-  for (const version of [POSTGRES_LOWEST, POSTGRES_NEWEST]) {
-    npmInstall(project, [`postgres@${version}`])
-    const installed = (JSON.parse(
-      Fs.readFileSync(Path.join(project, "node_modules", "postgres", "package.json"), "utf8")
-    ) as { readonly version: string }).version
-    log(`postgres ${installed}`)
-    compile(project, ["postgres"])
-    runExample("postgres", /cancelled on the server: true, same session usable: true/)
-  }
-  npmInstall(project, [`@effect/sql-pg@${SQL_PG}`])
-  log(`@effect/sql-pg ${SQL_PG}`)
-  compile(project, ["sql-pg"])
-  runExample("sql-pg", /cancelled on the server: true, same session usable: true/)
-  log("the packed packages work on Node 22 and 24")
+  // oldest: effect first, the tarballs beside it without any driver, then the oldest drivers
+  const oldest = makeProject(Path.join(work, "oldest"))
+  npmInstall(oldest, [`effect@${OLDEST.effect}`, "@types/node@22"])
+  npmInstall(oldest, tarballs)
+  expectInstalled(oldest, { effect: OLDEST.effect })
+  if (Fs.existsSync(Path.join(oldest, "node_modules", "pg"))) throw new Error("pg was installed without asking")
+  const scope = Path.join(oldest, "node_modules", "@effect")
+  const installed = Fs.existsSync(scope) ? Fs.readdirSync(scope) : []
+  if (installed.length > 0) throw new Error(`@pqcancel/node pulled in @effect/${installed.join(", @effect/")}`)
+  writeExamples(oldest)
+  compile(oldest, ["no-driver", "no-driver-import"])
+  runExample(oldest, "no-driver-import", /imported without any driver/)
+  runExample(oldest, "no-driver", /cancel request dispatched/)
+  npmInstall(oldest, driverSpecs(OLDEST))
+  expectInstalled(oldest, OLDEST)
+  compile(oldest, driverExamples)
+  for (const name of driverExamples) runExample(oldest, name, expected)
+
+  // newest: today's releases as a new user installs them, then the tarballs beside them
+  const newest = makeProject(Path.join(work, "newest"))
+  npmInstall(newest, [`effect@${NEWEST.effect}`, ...driverSpecs(NEWEST), "@types/node@24"])
+  npmInstall(newest, tarballs)
+  expectInstalled(newest, NEWEST)
+  writeExamples(newest)
+  compile(newest, ["no-driver", ...driverExamples])
+  for (const name of driverExamples) runExample(newest, name, expected)
+  runExample(newest, "no-driver", /cancel request dispatched/)
+  log(`the packed packages work on ${nodes.map(([label]) => label).join(", ")} with the oldest and newest peers`)
 })
 
 Effect.runPromise(Effect.scoped(main)).catch((error: unknown) => {
