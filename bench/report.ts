@@ -1,6 +1,8 @@
 /**
  * Rendering: markdown tables for stdout (and the README), and a hand-written SVG chart.
  */
+import type { AdapterReport } from "./adapters.ts"
+import { renderAdapterPanel, renderAdapterTables } from "./adapters.ts"
 import type { BurstResult } from "./burst.ts"
 import type { SystemId } from "./cells.ts"
 import { allCells, systems } from "./cells.ts"
@@ -20,7 +22,7 @@ export interface LatencyResult {
 
 export interface Report {
   readonly date: string
-  readonly mode: "quick" | "full"
+  readonly mode: "quick" | "full" | "adapters-quick" | "adapters-full"
   readonly environment: Record<string, string | number>
   readonly config: Record<string, unknown>
   readonly latency: ReadonlyArray<LatencyResult>
@@ -29,6 +31,8 @@ export interface Report {
   readonly inflight: ReadonlyArray<InflightResult>
   /** the runtime cells (bench/runtimes.ts), absent in older results */
   readonly runtimes?: ReadonlyArray<RuntimeCell> | undefined
+  /** bench:adapters: each driver bare against its adapter (absent in runs before it existed) */
+  readonly adapters?: AdapterReport | undefined
   readonly durationSeconds: number
 }
 
@@ -261,6 +265,7 @@ export const renderTables = (report: Report): string => {
       )
     )
   }
+  if (report.adapters !== undefined) out.push(renderAdapterTables(report.adapters))
   return out.join("\n")
 }
 
@@ -327,6 +332,21 @@ const panel = (title: string, unit: string, groups: ReadonlyArray<Group>, x0: nu
 
 export const renderSvg = (report: Report): string => {
   const width = 560
+  const title = `<text x="10" y="18" font-size="15" font-weight="bold">${
+    esc(`pqcancel benchmark (${report.mode}) — ${report.date} — PostgreSQL ${report.environment["postgres"]}`)
+  }</text>`
+  if (report.latency.length === 0 && report.bursts.length === 0 && report.adapters !== undefined) {
+    const only = renderAdapterPanel(report.adapters, 10, 50, 2 * width + 20)
+    return [
+      `<svg xmlns="http://www.w3.org/2000/svg" width="${2 * width + 40}" height="${only.height + 80}" ` +
+      `font-family="sans-serif">`,
+      `<rect width="100%" height="100%" fill="white"/>`,
+      title,
+      only.svg,
+      "</svg>",
+      ""
+    ].join("\n")
+  }
   const latencyGroups = (field: "dispatch" | "e2e"): Array<Group> =>
     allCells.filter((c) => report.latency.some((r) => r.cell === c.id)).map((c) => ({
       label: c.id,
@@ -367,16 +387,18 @@ export const renderSvg = (report: Report): string => {
       esc(s.label)
     }</text>`
   ).join("\n")
-  const height = top + burst.height + 30
+  const adapters = report.adapters === undefined
+    ? undefined
+    : renderAdapterPanel(report.adapters, 10, top + burst.height + 40, 2 * width + 20)
+  const height = top + burst.height + 30 + (adapters === undefined ? 0 : adapters.height + 40)
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${2 * width + 40}" height="${height}" font-family="sans-serif">`,
     `<rect width="100%" height="100%" fill="white"/>`,
-    `<text x="10" y="18" font-size="15" font-weight="bold">${
-      esc(`pqcancel benchmark (${report.mode}) — ${report.date} — PostgreSQL ${report.environment["postgres"]}`)
-    }</text>`,
+    title,
     legend,
     ...panels.map((p) => p.svg),
     burst.svg,
+    adapters?.svg ?? "",
     "</svg>",
     ""
   ].join("\n")

@@ -2,11 +2,14 @@
  * pqcancel benchmark suite: pqcancel vs libpq 18 (C harness) vs node-postgres vs postgres.js on an embedded
  * PostgreSQL 18 with TLS, over TCP, TLS (SSLRequest), direct TLS and a unix socket, with protocol 3.0 and 3.2 keys.
  *
- *   node bench/run.ts            full run (≥ 50 samples per cell, bursts of 200 and 1000)
+ *   node bench/run.ts            full run (≥ 50 samples per cell, bursts of 200 and 1000, the adapters)
  *   node bench/run.ts --quick    smoke test (< 1 minute)
+ *   node bench/run.ts --adapters-only [--quick]   only the adapters' query-path cost (`pnpm bench:adapters`,
+ *                                bench/adapters.ts)
  *
  * Options: --samples N  --warmup N  --bursts 200,1000  --burst-reps N  --inflight N  --cells tcp/3.0,unix/3.2
  *          --systems pqcancel-blocking,libpq-poll  --no-latency  --no-burst  --no-inflight  --no-runtimes
+ *          --no-adapters  --adapter-rounds N  --slice-ms N  --drivers pg,postgresjs,sqlpg,sqlpg-multiplex
  *
  * The runtime cells (bench/runtimes.ts): the one-shot cancel on Node, Bun and Deno against each runtime's own floors.
  *
@@ -22,6 +25,8 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Url from "node:url"
+import { adapterConfig, runAdapters } from "./adapters.ts"
+import type { AdapterReport } from "./adapters.ts"
 import { runBursts } from "./burst.ts"
 import type { BurstResult } from "./burst.ts"
 import type { Cell, SystemId } from "./cells.ts"
@@ -57,6 +62,8 @@ const option = (name: string): string | undefined => {
   return i === -1 ? undefined : argv[i + 1]
 }
 const quick = flag("quick")
+const adaptersOnly = flag("adapters-only")
+const adapterDefaults = adapterConfig(quick)
 
 const config = {
   quick,
@@ -68,10 +75,16 @@ const config = {
   cells: option("cells")?.split(",") ?? allCells.map((c) => c.id),
   systems: (option("systems")?.split(",") ?? systems.map((s) => s.id)) as Array<SystemId>,
   verbose: flag("verbose"),
-  latency: !flag("no-latency"),
-  burst: !flag("no-burst"),
-  inflightOn: !flag("no-inflight"),
-  runtimes: !flag("no-runtimes")
+  latency: !adaptersOnly && !flag("no-latency"),
+  burst: !adaptersOnly && !flag("no-burst"),
+  inflightOn: !adaptersOnly && !flag("no-inflight"),
+  runtimes: !adaptersOnly && !flag("no-runtimes"),
+  adapters: flag("no-adapters") ? undefined : {
+    rounds: Number(option("adapter-rounds") ?? adapterDefaults.rounds),
+    warmup: adapterDefaults.warmup,
+    sliceMs: Number(option("slice-ms") ?? adapterDefaults.sliceMs),
+    drivers: option("drivers")?.split(",")
+  }
 }
 const cells: ReadonlyArray<Cell> = allCells.filter((c) => config.cells.includes(c.id))
 const activeSystems = systems.filter((s) => config.systems.includes(s.id))
@@ -153,7 +166,8 @@ const main = Effect.gen(function*() {
   if (feasible.length < config.bursts.length) {
     yield* log(`! fd limit ${limit}: bursts ${config.bursts.filter((n) => !feasible.includes(n)).join(",")} skipped`)
   }
-  const maxConnections = 3 * Math.max(0, ...feasible, 0) + 150
+  // + the adapters' pools: 4 drivers × bare and adapter × 8
+  const maxConnections = 3 * Math.max(0, ...feasible, 0) + 150 + (config.adapters === undefined ? 0 : 80)
   yield* log(
     `pqcancel bench (${quick ? "quick" : "full"}): Node ${process.version}, ${Os.cpus().length} × ${
       Os.cpus()[0]?.model ?? "?"
@@ -172,28 +186,33 @@ const main = Effect.gen(function*() {
     }
   }).pipe(Effect.mapError(benchError("embedded postgres")))
   yield* log(`PostgreSQL ${cluster.version} on port ${cluster.port}, max_connections ${maxConnections}`)
-  const harness = yield* Harness.start.pipe(Effect.mapError(benchError("harness")))
-  yield* harness.request(`monitor ${cluster.conninfo("unix", { application_name: "bench_monitor_libpq" })}`).pipe(
-    Effect.mapError(benchError("harness monitor"))
-  )
-  const monitor = yield* TestSession.connectTo(cluster, {
-    transport: "unix",
-    parameters: { application_name: "bench_monitor" }
-  }).pipe(Effect.mapError(benchError("monitor")))
+  const cancels = config.latency || config.burst
+    ? yield* Effect.gen(function*() {
+      const harness = yield* Harness.start.pipe(Effect.mapError(benchError("harness")))
+      yield* harness.request(`monitor ${cluster.conninfo("unix", { application_name: "bench_monitor_libpq" })}`).pipe(
+        Effect.mapError(benchError("harness monitor"))
+      )
+      const monitor = yield* TestSession.connectTo(cluster, {
+        transport: "unix",
+        parameters: { application_name: "bench_monitor" }
+      }).pipe(Effect.mapError(benchError("monitor")))
+      return { harness, monitor }
+    })
+    : undefined
 
   let latency: Array<LatencyResult> = []
   if (config.latency) {
     yield* log(
       `latency: ${cells.length} cells × ${activeSystems.length} systems, ${config.warmup} + ${config.samples} rounds`
     )
-    latency = yield* Effect.scoped(runLatency(cluster, harness, monitor))
+    latency = yield* Effect.scoped(runLatency(cluster, cancels!.harness, cancels!.monitor))
   }
   let bursts: Array<BurstResult> = []
   if (config.burst && feasible.length > 0) {
     bursts = yield* runBursts({
       cluster,
-      harness,
-      monitor,
+      harness: cancels!.harness,
+      monitor: cancels!.monitor,
       sizes: feasible,
       reps: config.burstReps,
       systems: activeSystems.filter((s) => s.kind !== "reference").map((s) => s.id),
@@ -204,6 +223,10 @@ const main = Effect.gen(function*() {
   if (config.inflightOn && config.inflight > 0) {
     inflight = yield* runInflight({ n: config.inflight, log: (line) => log(line) })
   }
+  let adapters: AdapterReport | undefined
+  if (config.adapters !== undefined) {
+    adapters = yield* Effect.scoped(runAdapters({ cluster, config: config.adapters, log }))
+  }
 
   let runtimes: Array<RuntimeCell> = []
   if (config.runtimes) {
@@ -213,7 +236,7 @@ const main = Effect.gen(function*() {
 
   const report: Report = {
     date: new Date().toISOString(),
-    mode: quick ? "quick" : "full",
+    mode: adaptersOnly ? (quick ? "adapters-quick" : "adapters-full") : quick ? "quick" : "full",
     environment: {
       node: process.version,
       postgres: cluster.version,
@@ -230,6 +253,7 @@ const main = Effect.gen(function*() {
     bursts,
     inflight,
     runtimes,
+    adapters,
     durationSeconds: (performance.now() - started) / 1000
   }
   yield* log(renderTables(report))
