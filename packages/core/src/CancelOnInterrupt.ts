@@ -5,11 +5,14 @@
  * statement, with its result or its error). If the fiber is interrupted while the query runs, it:
  *
  * 1. asks `locate` where the query is: still queued on the client and taken back (`"withdrawn"`: nothing was sent,
- *    the query never runs, no cancel), being run by the session (`"running"`: cancel it), or behind another
- *    statement the session is running (`"elsewhere"`: no cancel — it would hit that statement — wait for it, bounded);
+ *    the query never runs, no cancel), being run by the session (`"running"`: cancel it), written behind another
+ *    statement of a pipeline (`"behind"`: wait until it is the running one, then locate it again), or where a cancel
+ *    could reach another statement (`"elsewhere"`: no cancel — wait for it to end, bounded);
  * 2. sends a CancelRequest over the session's own encryption (sslmode, sslnegotiation) and waits, bounded, until
- *    the server has closed the cancel connection — so the signal was issued before anything else happens. Transient
- *    failures (refused, reset, timeout) are retried with `retry`;
+ *    the server has closed the cancel connection — so the signal was issued before anything else happens — or until
+ *    the query itself has ended cancelled (`isCanceled`: the session's SQLSTATE 57014 confirms the cancel, the cancel
+ *    connection is then finished without waiting for the server's close). Transient failures (refused, reset,
+ *    timeout) are retried with `retry`;
  * 3. waits, bounded by `drainTimeout`, for the query itself to end (normally with SQLSTATE 57014). While it still
  *    runs, the cancel is sent again every `recancelInterval`: a CancelRequest that reaches the backend before it has
  *    read the query (the query was written but not yet started) is ignored by PostgreSQL, and the statement would
@@ -51,16 +54,13 @@
  * @module
  * @since 0.1.0
  */
-import * as Clock from "effect/Clock"
-import * as Duration from "effect/Duration"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
-import * as Fiber from "effect/Fiber"
-import * as Option from "effect/Option"
-import * as Schedule from "effect/Schedule"
-import * as CancelConnection from "./CancelConnection.ts"
-import { type CancelCreateError, type CancelFailed, type CancelTimeout, isTransient } from "./CancelError.ts"
-import * as CancelMetrics from "./CancelMetrics.ts"
+import type * as Exit from "effect/Exit"
+import type * as Schedule from "effect/Schedule"
+import type * as CancelConnection from "./CancelConnection.ts"
+import type { CancelCreateError, CancelFailed, CancelTimeout } from "./CancelError.ts"
+import * as Interruption from "./internal/interruption.ts"
 import type { Transport } from "./Transport.ts"
 
 /**
@@ -85,25 +85,24 @@ export type UnsafeReason =
  * @category models
  * @since 0.1.0
  */
-export type Location = "withdrawn" | "running" | "elsewhere"
+export type Location = "withdrawn" | "running" | "behind" | "elsewhere"
 
 /**
- * Options of {@link cancelOnInterrupt}.
+ * How an interruption cancels, the same in every adapter (`PgAdapter`, `SqlPgAdapter`, `PostgresJsAdapter`, and
+ * {@link Options} here): bounds, retries and what to do when the query could not be shown cancelled.
  *
  * @category models
- * @since 0.1.0
+ * @since 0.2.0
  */
-export interface Options {
-  /**
-   * the session running the query (its options, address and cancel key); or a function that returns it, called
-   * once `locate` said `"running"` — for drivers that choose the connection after the query started (a pool)
-   */
-  readonly session: CancelConnection.SessionInfo | (() => CancelConnection.SessionInfo)
+export interface Policy {
   /**
    * bound on sending one cancel, its retries included (default: the session's connect_timeout, else 5 seconds)
    */
   readonly cancelTimeout?: Duration.Input | undefined
-  /** bound on waiting for the cancelled query to end, repeated cancels included (default 5 seconds) */
+  /**
+   * bound on waiting for the interrupted query to end, repeated cancels included (default 5 seconds); the session
+   * is retired when it does not end in time
+   */
   readonly drainTimeout?: Duration.Input | undefined
   /**
    * when a cancel fails transiently (connection refused or reset, timeout — never a TLS verification failure or
@@ -117,34 +116,53 @@ export interface Options {
    */
   readonly recancelInterval?: Duration.Input | undefined
   /**
-   * called synchronously when the fiber is interrupted and before every repeated cancel: where the query is.
-   * `"withdrawn"`: it was still queued on the client and has been taken out — it will never run, no cancel is sent
-   * (the query effect is then interrupted); `"running"`: the session runs it, or has it and is about to run it —
-   * cancel it; `"elsewhere"`: the session runs another statement (e.g. one issued outside the adapter) — no cancel
-   * is sent, the query is waited for (bounded by `drainTimeout`). Default: always `"running"`.
-   */
-  readonly locate?: (() => Location) | undefined
-  /** whether the query ended cancelled (the driver's SQLSTATE 57014); the adapters supply it */
-  readonly isCanceled?: ((exit: Exit.Exit<unknown, unknown>) => boolean) | undefined
-  /**
-   * retire the session (`onUnsafe` with `NotCanceled`) unless the cancelled query ended cancelled (`isCanceled`).
-   * Use it behind poolers and proxies that close the cancel connection before forwarding the request.
+   * retire the session unless the cancelled query ended cancelled (SQLSTATE 57014). Set it behind poolers and
+   * proxies (PgBouncer, pgcat, RDS Proxy…) that close the cancel connection before they forward the request, so a
+   * late cancel could hit the next query.
    */
   readonly retireUnlessCanceled?: boolean | undefined
-  /** called when the session may still run the query or may receive a late cancel: discard it */
-  readonly onUnsafe?: ((reason: UnsafeReason) => Effect.Effect<void>) | undefined
   /**
    * called when a cancel was sent but the query ended without being cancelled (it had finished, or failed by
-   * itself, before a cancel reached it; `isCanceled` tells): its effects, if any, took place before the interruption
-   * completed. Default: a warning in the log.
+   * itself, before a cancel reached it): its effects, if any, took place before the interruption completed.
+   * Default: a warning in the log.
    */
   readonly onNotCanceled?: ((exit: Exit.Exit<unknown, unknown>) => Effect.Effect<void>) | undefined
 }
 
-const defaultRetry: Schedule.Schedule<unknown, CancelFailed | CancelTimeout> = Schedule.exponential("20 millis")
+/**
+ * Options of {@link cancelOnInterrupt}: the {@link Policy} and what the adapter knows of the session and the query.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Options extends Policy {
+  /**
+   * the session running the query (its options, address and cancel key); or a function that returns it, called
+   * once `locate` said `"running"` — for drivers that choose the connection after the query started (a pool)
+   */
+  readonly session: CancelConnection.SessionInfo | (() => CancelConnection.SessionInfo)
+  /**
+   * called synchronously when the fiber is interrupted and before every repeated cancel: where the query is.
+   * `"withdrawn"`: it was still queued on the client and has been taken out — it will never run, no cancel is sent
+   * (the query effect is then interrupted); `"running"`: the session runs it, or has it and is about to run it —
+   * cancel it; `"behind"`: it is written behind another statement of a pipeline — wait (`awaitTurn`, bounded by
+   * `drainTimeout`) and locate it again; `"elsewhere"`: a cancel could reach another statement (e.g. one issued
+   * outside the adapter runs, or statements are written behind it) — no cancel is sent, the query is waited for
+   * (bounded by `drainTimeout`). Default: always `"running"`.
+   */
+  readonly locate?: (() => Location) | undefined
+  /** completes when a query that was `"behind"` may have become the running one (default: `locate` is polled) */
+  readonly awaitTurn?: Effect.Effect<void> | undefined
+  /** whether the query ended cancelled (the driver's SQLSTATE 57014); the adapters supply it */
+  readonly isCanceled?: ((exit: Exit.Exit<unknown, unknown>) => boolean) | undefined
+  /** called when the session may still run the query or may receive a late cancel: discard it */
+  readonly onUnsafe?: ((reason: UnsafeReason) => Effect.Effect<void>) | undefined
+}
 
 /**
- * Runs `query`; on interruption cancels it on the server, waits for it to end, then interrupts.
+ * Runs `query`; on interruption cancels it on the server, waits for it to end, then interrupts. The query runs in a
+ * child fiber (so it keeps reading the server's answer while the cancel is sent); an adapter whose driver reports a
+ * statement's end through a callback can avoid that fiber with `AdapterKit.statement`.
  *
  * @category combinators
  * @since 0.1.0
@@ -152,90 +170,11 @@ const defaultRetry: Schedule.Schedule<unknown, CancelFailed | CancelTimeout> = S
 export const cancelOnInterrupt = <A, E, R>(
   query: Effect.Effect<A, E, R>,
   options: Options
-): Effect.Effect<A, E, R | Transport> =>
-  Effect.uninterruptibleMask((restore) =>
-    Effect.gen(function*() {
-      // the query runs in its own fiber, so it keeps reading the server's answer while we cancel
-      const fiber = yield* Effect.forkChild(query)
-      return yield* restore(Fiber.join(fiber)).pipe(
-        Effect.onInterrupt(() => afterInterrupt(fiber, options))
-      )
-    })
-  )
+): Effect.Effect<A, E, R | Transport> => Interruption.forked(query, () => settingsOf(options))
 
-const afterInterrupt = Effect.fnUntraced(function*<A, E>(fiber: Fiber.Fiber<A, E>, options: Options) {
-  if (fiber.pollUnsafe() !== undefined) return
-  const locate = options.locate ?? (() => "running" as const)
-  const onUnsafe = CancelMetrics.countRetired(options.session, options.onUnsafe) // pqcancel.sessions.retired
-  const drainTimeout = Duration.fromInputUnsafe(options.drainTimeout ?? Duration.seconds(5))
-  const where = locate()
-  if (where === "withdrawn") return yield* Fiber.interrupt(fiber)
-  if (where === "elsewhere") {
-    // another statement runs: a cancel would hit it. Wait for ours (queued behind it) to end.
-    const ended = yield* Effect.timeoutOption(Fiber.await(fiber), drainTimeout)
-    if (Option.isNone(ended)) {
-      yield* onUnsafe({ _tag: "QueryDidNotEnd" })
-      yield* Fiber.interrupt(fiber)
-    }
-    return
-  }
-  const session = typeof options.session === "function" ? options.session() : options.session
-  const cancelTimeout = Duration.fromInputUnsafe(
-    options.cancelTimeout ?? Duration.seconds(session.options.connectTimeout ?? 5)
-  )
-  const retry = (options.retry ?? defaultRetry).pipe(Schedule.upTo({ duration: cancelTimeout }))
-  const sendCancel = CancelConnection.cancel(session, { timeout: cancelTimeout, retry })
-  const recancelInterval = Duration.fromInputUnsafe(options.recancelInterval ?? Duration.millis(500))
-  const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(drainTimeout)
-  let unconfirmed: CancelCreateError | CancelFailed | CancelTimeout | undefined
-  let retired = false
-  let ended: Exit.Exit<A, E> | undefined
-  while (ended === undefined) {
-    const sent = yield* Effect.exit(sendCancel)
-    if (Exit.isFailure(sent)) {
-      const failure = Option.getOrUndefined(Exit.findErrorOption(sent))
-      unconfirmed = failure ?? unconfirmed
-      if (failure !== undefined && !isTransient(failure) && !retired) {
-        // sending it again would fail the same way: retire the session now (the query may still run)
-        retired = true
-        yield* onUnsafe({ _tag: "CancelNotConfirmed", error: failure })
-      }
-    }
-    const remaining = deadline - (yield* Clock.currentTimeMillis)
-    if (remaining <= 0) break
-    const wait = retired ? remaining : Math.min(remaining, Duration.toMillis(recancelInterval))
-    const outcome = yield* Effect.timeoutOption(Fiber.await(fiber), Duration.millis(wait))
-    if (Option.isSome(outcome)) ended = outcome.value
-    else if (retired || locate() !== "running") {
-      // nothing more to send: wait out the bound
-      const rest = deadline - (yield* Clock.currentTimeMillis)
-      if (rest <= 0) break
-      const last = yield* Effect.timeoutOption(Fiber.await(fiber), Duration.millis(rest))
-      if (Option.isSome(last)) ended = last.value
-      break
-    }
-  }
-  if (ended === undefined) {
-    if (!retired) {
-      yield* onUnsafe(
-        unconfirmed === undefined ? { _tag: "QueryDidNotEnd" } : { _tag: "CancelNotConfirmed", error: unconfirmed }
-      )
-    }
-    return yield* Fiber.interrupt(fiber)
-  }
-  if (retired) return
-  if (unconfirmed !== undefined) {
-    // a cancel whose dispatch was not confirmed may still reach the backend
-    return yield* onUnsafe({ _tag: "CancelNotConfirmed", error: unconfirmed })
-  }
-  if (options.isCanceled === undefined || options.isCanceled(ended)) return
-  if (options.retireUnlessCanceled === true) return yield* onUnsafe({ _tag: "NotCanceled" })
-  yield* (options.onNotCanceled ?? defaultNotCanceled)(ended)
+const alwaysRunning = Effect.succeed<Location>("running")
+
+const settingsOf = (options: Options): Interruption.Settings => ({
+  ...options,
+  locate: options.locate === undefined ? alwaysRunning : Effect.sync(options.locate)
 })
-
-const defaultNotCanceled = (exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> =>
-  Effect.logWarning(
-    Exit.isSuccess(exit)
-      ? "pqcancel: the interrupted query completed before a cancel reached it; its effects took place"
-      : "pqcancel: the interrupted query failed by itself before a cancel reached it"
-  )

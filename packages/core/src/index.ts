@@ -6,6 +6,11 @@
  */
 
 /**
+ * @since 0.2.0
+ */
+export * as AdapterKit from "./AdapterKit.ts"
+
+/**
  * @since 0.1.0
  */
 export * as CancelConnection from "./CancelConnection.ts"

@@ -8,18 +8,17 @@ import { ConnectionOptions } from "@pqcancel/core"
 import { Transport } from "@pqcancel/core/Transport"
 import { NodeTransport } from "@pqcancel/node"
 import * as PgAdapter from "@pqcancel/node/PgAdapter"
-import { EmbeddedPostgres } from "@pqcancel/test-utils"
-import * as Arbitrary from "effect/Arbitrary"
+import { Arbitraries, EmbeddedPostgres } from "@pqcancel/test-utils"
 import * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Schedule from "effect/Schedule"
-import * as Schema from "effect/Schema"
 import * as Net from "node:net"
 import type pg from "pg"
 import { interruptedOnly } from "./fixtures.ts"
+import { checkInterleaving } from "./interleavings.ts"
 import { connectMonitor, tcpRoute, tlsRoute, unixRoute, waitIdle, waitSleeping } from "./pgMonitor.ts"
 
 const waitFor = (what: string, condition: () => boolean) =>
@@ -175,60 +174,39 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
         assert.strictEqual((yield* PgAdapter.query(client, options, "SELECT 7 AS n")).rows[0]?.n, 7)
       }).pipe(Effect.provide(NodeTransport.layer)))
 
-    // random interleavings of fibers on one client, some interrupted at random moments
-    const Step = Schema.Struct({
-      sleepMs: Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 80 })),
-      interruptAfterMs: Schema.NullOr(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 150 })))
-    })
-    const Scenario = Arbitrary.array(Arbitrary.schema(Step), { minLength: 2, maxLength: 6 })
+    // random interleavings of fibers on one client, some interrupted at random moments (the generator and the
+    // property every adapter shares)
     let run = 0
 
     it.effect.prop(
       "random interleavings: only interrupted queries are cancelled, none takes effect after its interruption",
-      { scenario: Scenario },
+      { scenario: Arbitraries.interruptScenario() },
       ({ scenario }) =>
         Effect.gen(function*() {
           const { cluster, monitor } = yield* setup
           const client = yield* PgAdapter.connect({ host: "127.0.0.1", port: cluster.port, user: "postgres" })
           const options = yield* ConnectionOptions.fromString(`host=127.0.0.1 port=${cluster.port}`)
           const tag = `prop-${run++}`
-          const outcomes = yield* Effect.forEach(
+          yield* checkInterleaving(
             scenario,
             (step, id) =>
-              Effect.gen(function*() {
-                const fiber = yield* PgAdapter.query(
-                  client,
-                  options,
-                  "INSERT INTO shared_rows SELECT $1, $2 FROM pg_sleep($3)",
-                  [tag, id, step.sleepMs / 1000],
-                  { onNotCanceled: () => Effect.void }
-                ).pipe(Effect.forkChild)
-                if (step.interruptAfterMs === null) return { id, exit: yield* Fiber.await(fiber), presentAfter: true }
-                yield* Effect.sleep(step.interruptAfterMs) // the workload's timing, not a synchronisation
-                const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
-                const present = yield* Effect.promise(() =>
-                  monitor.query("SELECT 1 FROM shared_rows WHERE tag = $1 AND id = $2", [tag, id])
-                )
-                return { id, exit, presentAfter: (present.rowCount ?? 0) > 0 }
-              }),
-            { concurrency: "unbounded" }
+              PgAdapter.query(
+                client,
+                options,
+                "INSERT INTO shared_rows SELECT $1, $2 FROM pg_sleep($3)",
+                [tag, id, step.sleepMs / 1000],
+                { onNotCanceled: () => Effect.void }
+              ),
+            (id) =>
+              Effect.map(
+                Effect.promise(() => monitor.query("SELECT 1 FROM shared_rows WHERE tag = $1 AND id = $2", [tag, id])),
+                (present) => (present.rowCount ?? 0) > 0
+              ),
+            Effect.map(
+              Effect.promise(() => monitor.query("SELECT id FROM shared_rows WHERE tag = $1", [tag])),
+              (rows) => new Set(rows.rows.map((r) => r.id as number))
+            )
           )
-          const rows = yield* Effect.promise(() => monitor.query("SELECT id FROM shared_rows WHERE tag = $1", [tag]))
-          const final = new Set(rows.rows.map((r) => r.id as number))
-          for (const outcome of outcomes) {
-            if (interruptedOnly(outcome.exit)) {
-              // absent when its interruption completed ⇒ absent for ever
-              if (!outcome.presentAfter) assert.isFalse(final.has(outcome.id), `row ${outcome.id} appeared later`)
-            } else {
-              // never cancelled, never failed: only interrupted queries are cancelled
-              const exit = outcome.exit
-              assert.isTrue(
-                Exit.isSuccess(exit),
-                `query ${outcome.id}: ${Exit.isFailure(exit) ? Cause.pretty(exit.cause) : ""}`
-              )
-              assert.isTrue(final.has(outcome.id))
-            }
-          }
           assert.isFalse(PgAdapter.isRetired(client))
         }).pipe(Effect.provide(NodeTransport.layer)),
       { timeout: 90_000, arbitrary: { runs: 15, maxShrinks: 3 } }

@@ -57,3 +57,44 @@ export const cancelKey: Arbitrary.Arbitrary<WireCancelKey> = Arbitrary.schema(Sc
     })
   )
 )
+
+/**
+ * One statement of an interleaving: it starts `startAfterMs` after the scenario, runs `sleepMs` on the server, and
+ * is interrupted `interruptAfterMs` after it started (`null`: never).
+ *
+ * @category models
+ * @since 0.2.0
+ */
+export interface InterruptStep {
+  readonly startAfterMs: number
+  readonly sleepMs: number
+  readonly interruptAfterMs: number | null
+}
+
+const millis = (maximum: number) => Schema.Int.check(Schema.isBetween({ minimum: 0, maximum }))
+
+/**
+ * Random interleavings of statements on one connection (or pool), some interrupted at random moments: the one
+ * generator every adapter's property test uses (node-postgres, `@effect/sql-pg` with and without `multiplex`,
+ * postgres.js with its pipelining). Statements start within `maxStartMs` of each other (so several are queued or
+ * pipelined at once), sleep up to `maxSleepMs` on the server, and about half are interrupted within
+ * `maxInterruptMs` — before they are written, while they wait behind another, while they run, or after they ended.
+ *
+ * @category constructors
+ * @since 0.2.0
+ */
+export const interruptScenario = (options?: {
+  readonly minLength?: number | undefined
+  readonly maxLength?: number | undefined
+  readonly maxStartMs?: number | undefined
+  readonly maxSleepMs?: number | undefined
+  readonly maxInterruptMs?: number | undefined
+}): Arbitrary.Arbitrary<ReadonlyArray<InterruptStep>> =>
+  Arbitrary.array(
+    Arbitrary.schema(Schema.Struct({
+      startAfterMs: millis(options?.maxStartMs ?? 20),
+      sleepMs: millis(options?.maxSleepMs ?? 80),
+      interruptAfterMs: Schema.NullOr(millis(options?.maxInterruptMs ?? 150))
+    })),
+    { minLength: options?.minLength ?? 2, maxLength: options?.maxLength ?? 6 }
+  )

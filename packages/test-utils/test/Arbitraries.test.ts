@@ -9,3 +9,14 @@ describe("Arbitraries", () => {
     else assert.isTrue(key.secret.length >= 4 && key.secret.length <= 256)
   }, { arbitrary: { runs: 200 } })
 })
+
+describe("Arbitraries.interruptScenario", () => {
+  it.prop("steps within the bounds given", [Arbitraries.interruptScenario({ maxLength: 4, maxSleepMs: 30 })], ([s]) => {
+    assert.isTrue(s.length >= 2 && s.length <= 4)
+    for (const step of s) {
+      assert.isTrue(step.sleepMs >= 0 && step.sleepMs <= 30)
+      assert.isTrue(step.startAfterMs >= 0 && step.startAfterMs <= 20)
+      assert.isTrue(step.interruptAfterMs === null || (step.interruptAfterMs >= 0 && step.interruptAfterMs <= 150))
+    }
+  }, { arbitrary: { runs: 100 } })
+})

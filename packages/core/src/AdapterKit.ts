@@ -1,0 +1,278 @@
+/**
+ * The adapter kit: what every driver adapter (`PgAdapter`, `SqlPgAdapter`, `PostgresJsAdapter`) shares, so that
+ * "interrupt the fiber ⇒ the statement stops on the server" costs a statement that is never interrupted nothing but a
+ * few closures — no key, no session, no options, no syscall, no fiber — and is decided the same way for every driver.
+ *
+ * An adapter supplies a {@link DriverPort}: the few facts only its driver knows (where a connection's cancel goes,
+ * where a statement is, how a connection is retired). {@link make} turns it into an {@link AdapterKit}, whose
+ * {@link AdapterKit.statement} (a driver that reports a statement's end through a callback: no fiber at all) or
+ * {@link AdapterKit.effect} (a driver whose statements are Effects: one child fiber) run one statement under the
+ * {@link CancelOnInterrupt.Policy} the user gave — the same option names in every adapter.
+ *
+ * ## Implementing a driver port
+ *
+ * 1. Read the driver's private state in **one** internal module per driver (`packages/node/src/internal/<driver>.ts`)
+ *    and check what you read (types, cross-checks against public facts) so that a changed driver fails with a typed
+ *    error naming the driver version, never a wrong key or address.
+ * 2. `target(connection)`: the connection's cancel target (its {@link CancelConnection.SessionInfo}: options, host
+ *    entry, the socket's actual remote address, the backend key as `Redacted`). The kit calls it the first time it
+ *    sees a connection (its first statement) and caches the result in a `WeakMap` keyed by the connection object, so
+ *    it runs **once per physical connection**: key the port on the driver object that lives as long as the physical
+ *    connection (e.g. sql-pg's unpinned base connection, not a pinned view). A failure fails that statement before it
+ *    runs (it could not be cancelled) and is not cached.
+ * 3. `locate(connection, statement)`: called only after an interruption, then again before every repeated cancel.
+ *    Answer `"withdrawn"` after taking a statement nothing was written of out of the driver's queue (it must then
+ *    never be written); `"running"` when the session runs it and a cancel can reach nothing else (nothing is written
+ *    behind it, and nothing can be until the interruption is over); `"behind"` when it is written behind another
+ *    statement of a pipeline (the kit waits — `awaitTurn`, else a 2 ms poll, bounded by `drainTimeout` — and
+ *    locates again); `"elsewhere"` when a cancel could hit another statement (statements written behind it, one
+ *    issued outside the adapter running instead, a closed socket): no cancel, the kit waits for it to end, bounded,
+ *    and retires the connection if it does not. `locate` may return an Effect that holds the driver's turn in the
+ *    given `Scope` (e.g. takes the permit new statements need): the scope closes when the interruption is over.
+ * 4. `retire(connection)`: end a connection that may still run the statement or receive a late cancel, so it is
+ *    never reused (destroy the socket, evict it from the pool); `isRetired` tells whether the kit did.
+ * 5. `isCanceled(exit)`: whether an outcome is the driver's SQLSTATE 57014.
+ *
+ * What a port must not do: allocate or read anything per statement on the hot path (the kit calls `target` once
+ * per connection and everything else only after an interruption).
+ *
+ * Property tests of random interleavings and interrupts share one generator, `Arbitraries.interruptScenario` in
+ * `@pqcancel/test-utils`, for every adapter.
+ *
+ * @example
+ * ```ts
+ * import * as Effect from "effect/Effect"
+ * import * as Exit from "effect/Exit"
+ * import * as Result from "effect/Result"
+ * import { AdapterKit } from "@pqcancel/core"
+ * import type { CancelConnection } from "@pqcancel/core"
+ *
+ * // a driver whose connection runs one callback query at a time
+ * interface Conn {
+ *   readonly session: CancelConnection.SessionInfo
+ *   running: object | undefined
+ *   send(sql: string, done: (error: Error | undefined, rows: unknown) => void): object
+ *   destroy(): void
+ * }
+ *
+ * const retired = new WeakSet<Conn>()
+ * const kit = AdapterKit.make<Conn, object, never>({
+ *   driver: "example 1.0",
+ *   target: (conn) => Result.succeed(conn.session),
+ *   locate: (conn, statement) => conn.running === statement ? "running" : "elsewhere",
+ *   retire: (conn) => Effect.sync(() => { retired.add(conn); conn.destroy() }),
+ *   isRetired: (conn) => retired.has(conn),
+ *   isCanceled: (exit) => Exit.isFailure(exit)
+ * })
+ *
+ * declare const conn: Conn
+ * const rows = kit.statement<unknown, Error>(conn, { drainTimeout: "2 seconds" }, (done) =>
+ *   conn.send("SELECT pg_sleep(10)", (error, rows) => done(error ? Exit.fail(error) : Exit.succeed(rows)))
+ * ).pipe(Effect.timeout("1 second")) // interrupted ⇒ cancelled on the server, the interruption waits for its end
+ * ```
+ *
+ * @since 0.2.0
+ */
+import * as Effect from "effect/Effect"
+import type * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
+import * as Result from "effect/Result"
+import type * as Scope from "effect/Scope"
+import type * as CancelConnection from "./CancelConnection.ts"
+import type * as CancelOnInterrupt from "./CancelOnInterrupt.ts"
+import type { ConnectionOptions } from "./ConnectionOptions.ts"
+import * as Interruption from "./internal/interruption.ts"
+import type { Transport } from "./Transport.ts"
+
+/**
+ * What an adapter knows of its driver (see the module documentation for how to implement one). `Conn` is the
+ * driver's object for one physical connection, `Stmt` whatever identifies one statement to `locate`, `E` the typed
+ * error of a connection whose cancel target cannot be read (not connected, the driver's internals changed).
+ *
+ * @category models
+ * @since 0.2.0
+ */
+export interface DriverPort<Conn extends object, Stmt, E> {
+  /** the driver and its version as errors name it, e.g. `pg 8.23.1` */
+  readonly driver: string
+  /** the connection's cancel target; called once per physical connection (on its first statement), cached */
+  readonly target: (connection: Conn) => Result.Result<CancelConnection.SessionInfo, E>
+  /** where an interrupted statement is; called only after an interruption (see the module documentation) */
+  readonly locate: (
+    connection: Conn,
+    statement: Stmt
+  ) => CancelOnInterrupt.Location | Effect.Effect<CancelOnInterrupt.Location, never, Scope.Scope>
+  /** completes when a `"behind"` statement may have become the running one (default: `locate` polled every 2 ms) */
+  readonly awaitTurn?: ((connection: Conn, statement: Stmt) => Effect.Effect<void>) | undefined
+  /** ends a connection that may still run the statement or receive a late cancel, so it is never reused */
+  readonly retire: (connection: Conn, reason: CancelOnInterrupt.UnsafeReason) => Effect.Effect<void>
+  /** whether the adapter retired the connection */
+  readonly isRetired: (connection: Conn) => boolean
+  /** whether a statement's outcome is the driver's SQLSTATE 57014 */
+  readonly isCanceled: (exit: Exit.Exit<unknown, unknown>) => boolean
+}
+
+/**
+ * A {@link DriverPort} made into statement runners.
+ *
+ * @category models
+ * @since 0.2.0
+ */
+export interface AdapterKit<Conn extends object, Stmt, E> {
+  readonly port: DriverPort<Conn, Stmt, E>
+  /**
+   * the connection's cancel target, read the first time and then cached per connection object; with `options`
+   * (the cancel's `ConnectionOptions` an adapter was given instead of the derived ones), the target with those
+   * options, also cached per (connection, options object)
+   */
+  readonly target: (
+    connection: Conn,
+    options?: ConnectionOptions
+  ) => Result.Result<CancelConnection.SessionInfo, E>
+  /**
+   * Runs one statement whose driver reports its end through a callback: `start` writes (or queues) it, calls `done`
+   * exactly once with its outcome, and returns what identifies it to `locate`. No fiber is forked: on interruption
+   * the kit locates it, cancels it under `policy` and waits for `done` before the interruption completes. Fails with
+   * `E` (before `start`) when the connection's target cannot be read.
+   */
+  readonly statement: <A, EA>(
+    connection: Conn,
+    policy: CancelOnInterrupt.Policy | undefined,
+    start: (done: (exit: Exit.Exit<A, EA>) => void) => Stmt,
+    options?: ConnectionOptions
+  ) => Effect.Effect<A, EA | E, Transport>
+  /**
+   * Runs one statement that is an Effect (the driver's own): it runs in a child fiber, which `statement` maps to
+   * what `locate` knows it by. On interruption the kit locates it, cancels it under `policy`, waits for the fiber to
+   * end, and interrupts it only when it was withdrawn or the connection retired.
+   */
+  readonly effect: <A, EA, R>(
+    connection: Conn,
+    policy: CancelOnInterrupt.Policy | undefined,
+    statement: (fiber: Fiber.Fiber<A, EA>) => Stmt,
+    query: Effect.Effect<A, EA, R>
+  ) => Effect.Effect<A, EA | E, R | Transport>
+  /** whether the adapter retired the connection */
+  readonly isRetired: (connection: Conn) => boolean
+}
+
+interface Targets {
+  readonly base: CancelConnection.SessionInfo
+  byOptions: WeakMap<ConnectionOptions, CancelConnection.SessionInfo> | undefined
+}
+
+/**
+ * A statement whose driver reports its end through a callback, from its start until its end: the outcome is kept
+ * for the interruption, which may wait for it after the fiber stopped listening.
+ */
+class Pending<A, EA> {
+  exit: Exit.Exit<A, EA> | undefined = undefined
+  waiters: Array<(exit: Exit.Exit<A, EA>) => void> | undefined = undefined
+  readonly resume: (effect: Effect.Effect<A, EA>) => void
+  constructor(resume: (effect: Effect.Effect<A, EA>) => void) {
+    this.resume = resume
+  }
+  readonly done = (exit: Exit.Exit<A, EA>): void => {
+    if (this.exit !== undefined) return
+    this.exit = exit
+    if (this.waiters === undefined) return this.resume(exit)
+    for (const waiter of this.waiters) waiter(exit)
+  }
+  handle(): Interruption.Statement<A, EA> {
+    return {
+      poll: () => this.exit,
+      await: Effect.callback<Exit.Exit<A, EA>>((resume) => {
+        if (this.exit !== undefined) return resume(Effect.succeed(this.exit))
+        const waiter = (exit: Exit.Exit<A, EA>) => resume(Effect.succeed(exit))
+        ;(this.waiters ??= []).push(waiter)
+        return Effect.sync(() => {
+          const at = this.waiters?.indexOf(waiter) ?? -1
+          if (at !== -1) this.waiters!.splice(at, 1)
+        })
+      }),
+      // withdrawn: the driver never calls `done`; retired: the driver fails it. The fiber stops listening either way
+      abandon: Effect.void
+    }
+  }
+}
+
+/**
+ * The kit for one driver port.
+ *
+ * @category constructors
+ * @since 0.2.0
+ */
+export const make = <Conn extends object, Stmt, E>(port: DriverPort<Conn, Stmt, E>): AdapterKit<Conn, Stmt, E> => {
+  const targets = new WeakMap<Conn, Targets>()
+
+  const target = (
+    connection: Conn,
+    options?: ConnectionOptions
+  ): Result.Result<CancelConnection.SessionInfo, E> => {
+    let cached = targets.get(connection)
+    if (cached === undefined) {
+      const read = port.target(connection)
+      if (Result.isFailure(read)) return read
+      cached = { base: read.success, byOptions: undefined }
+      targets.set(connection, cached)
+    }
+    if (options === undefined || options === cached.base.options) return Result.succeed(cached.base)
+    const byOptions = cached.byOptions ??= new WeakMap()
+    let session = byOptions.get(options)
+    if (session === undefined) {
+      session = { ...cached.base, options }
+      byOptions.set(options, session)
+    }
+    return Result.succeed(session)
+  }
+
+  // read only after an interruption
+  const settings = (
+    connection: Conn,
+    statement: Stmt,
+    session: CancelConnection.SessionInfo,
+    policy: CancelOnInterrupt.Policy | undefined
+  ): Interruption.Settings => ({
+    ...policy,
+    session,
+    locate: Effect.suspend(() => {
+      const where = port.locate(connection, statement)
+      return typeof where === "string" ? Effect.succeed(where) : where
+    }),
+    awaitTurn: port.awaitTurn?.(connection, statement),
+    isCanceled: port.isCanceled,
+    onUnsafe: (reason) => port.retire(connection, reason)
+  })
+
+  const statement = <A, EA>(
+    connection: Conn,
+    policy: CancelOnInterrupt.Policy | undefined,
+    start: (done: (exit: Exit.Exit<A, EA>) => void) => Stmt,
+    options?: ConnectionOptions
+  ): Effect.Effect<A, EA | E, Transport> =>
+    Effect.callback<A, EA | E, Transport>((resume) => {
+      const session = target(connection, options)
+      if (Result.isFailure(session)) return resume(Effect.fail(session.failure))
+      const pending = new Pending<A, EA>(resume)
+      const stmt = start(pending.done)
+      return Effect.suspend(() =>
+        pending.exit !== undefined
+          ? Effect.void
+          : Interruption.afterInterrupt(pending.handle(), settings(connection, stmt, session.success, policy))
+      )
+    })
+
+  const effect = <A, EA, R>(
+    connection: Conn,
+    policy: CancelOnInterrupt.Policy | undefined,
+    toStatement: (fiber: Fiber.Fiber<A, EA>) => Stmt,
+    query: Effect.Effect<A, EA, R>
+  ): Effect.Effect<A, EA | E, R | Transport> =>
+    Effect.suspend((): Effect.Effect<A, EA | E, R | Transport> => {
+      const session = target(connection)
+      if (Result.isFailure(session)) return Effect.fail(session.failure)
+      return Interruption.forked(query, (fiber) => settings(connection, toStatement(fiber), session.success, policy))
+    })
+
+  return { port, target, statement, effect, isRetired: port.isRetired }
+}
