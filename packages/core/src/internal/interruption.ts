@@ -87,7 +87,7 @@ const interrupted = Effect.fnUntraced(function*<A, E>(statement: Statement<A, E>
   // bounded wait for the statement's end; undefined when the bound passed first
   const awaitEnd = (millis: number) =>
     Effect.map(Effect.timeoutOption(statement.await, Duration.millis(Math.max(0, millis))), Option.getOrUndefined)
-  const giveUp = Effect.andThen(onUnsafe({ _tag: "QueryDidNotEnd" }), statement.abandon)
+  const giveUp = Effect.suspend(() => Effect.andThen(onUnsafe({ _tag: "QueryDidNotEnd" }), statement.abandon))
 
   let where = yield* settings.locate
   // written behind another statement of the session: a cancel now would hit that one. Wait for its turn.
