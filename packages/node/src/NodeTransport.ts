@@ -216,6 +216,7 @@ const loadTlsFiles = (options: ConnectionOptions.ConnectionOptions): TlsFiles =>
     }
   }
 
+  if (error === undefined && denoTls) error = denoTlsError(crls, memoryCrl, options, key, passphrase, keyWhere, keyPath)
   let secureContext: Tls.SecureContext | undefined
   if (error === undefined) {
     const clientIdentity = cert !== undefined && key !== undefined
@@ -240,6 +241,35 @@ const loadTlsFiles = (options: ConnectionOptions.ConnectionOptions): TlsFiles =>
     }
   }
   return { verifyChain: ca !== undefined || useSystemCa, error, secureContext }
+}
+
+// Deno's node:tls (2.9) accepts a `crl` and never checks it, and takes an encrypted key with a wrong passphrase
+// without a word: a revocation list is refused (rather than a revoked server accepted) and the key decrypted here,
+// so both fail as libpq does, before anything is sent
+const denoTls = "Deno" in globalThis
+
+const denoTlsError = (
+  crls: ReadonlyArray<Buffer>,
+  memoryCrl: ReadonlyArray<string | Uint8Array> | undefined,
+  options: ConnectionOptions.ConnectionOptions,
+  key: Buffer | undefined,
+  passphrase: Redacted.Redacted<string> | undefined,
+  keyWhere: string,
+  keyPath: string
+): string | undefined => {
+  if (crls.length > 0) {
+    const where = memoryCrl !== undefined ? "(sslMaterial.crl)" : `file "${options.sslcrl ?? options.sslcrldir ?? ""}"`
+    return `could not load SSL certificate revocation list ${where}: Deno's node:tls does not check revocation lists`
+  }
+  if (key === undefined) return undefined
+  try {
+    Crypto.createPrivateKey({ key, ...(passphrase !== undefined ? { passphrase: Redacted.value(passphrase) } : {}) })
+    return undefined
+  } catch (cause) {
+    return options.sslMaterial?.key !== undefined
+      ? `could not load ${keyWhere}: ${reasonOf(cause)}`
+      : keyLoadError(keyPath, cause)
+  }
 }
 
 // only on the failure path: whether the revocation lists alone are what Node refuses

@@ -18,6 +18,15 @@ import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import type postgres from "postgres"
 
+/**
+ * The suite runs on Deno (scripts/runtime-tests.ts): its node:tls never checks a revocation list, so NodeTransport
+ * refuses one there, and its sockets have no descriptor to report (PQcancelSocket says -1, "unknown").
+ */
+export const onDeno = "Deno" in globalThis
+
+/** NodeTransport's refusal of a revocation list on Deno, at the end of the cancel's error message */
+export const DENO_CRL_REFUSED = /Deno's node:tls does not check revocation lists$/
+
 /** The SessionInfo of a TestSession, with the cancel's options parsed from `conninfo` */
 export const sessionInfo = (
   session: TestSession.TestSession,
