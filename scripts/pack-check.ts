@@ -23,10 +23,10 @@
  */
 import { EmbeddedPostgres } from "@pqcancel/test-utils"
 import * as Effect from "effect/Effect"
-import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import { cleanEnv, run } from "./exec.ts"
 
 /** Node majors from the npm `node` package (24: the Node running this script). */
 const NODES = { "Node 22": "22.12.0", "Node 26": "26.10.0" } as const
@@ -41,31 +41,6 @@ const keep = process.argv.includes("--keep")
 const started = performance.now()
 
 const log = (line: string) => console.log(`pack-check ${((performance.now() - started) / 1000).toFixed(1)}s: ${line}`)
-
-const run = (
-  command: string,
-  args: ReadonlyArray<string>,
-  options: { readonly cwd: string; readonly env?: NodeJS.ProcessEnv; readonly quiet?: boolean }
-): string => {
-  const result = ChildProcess.spawnSync(command, args, {
-    cwd: options.cwd,
-    env: options.env ?? process.env,
-    encoding: "utf8",
-    timeout: 180_000,
-    maxBuffer: 64 * 1024 * 1024
-  })
-  const output = `${result.stdout ?? ""}${result.stderr ?? ""}`
-  if (result.status !== 0) {
-    throw new Error(
-      `${command} ${args.join(" ")} (in ${options.cwd}) failed with ${result.status ?? result.signal}` +
-        `${result.error === undefined ? "" : ` (${result.error.message})`}:\n${output}`
-    )
-  }
-  if (options.quiet !== true && output.trim() !== "") {
-    process.stdout.write(`${output.trimEnd().replace(/^/gm, "    ")}\n`)
-  }
-  return output
-}
 
 /** The README's runnable examples: the ```ts block after each `<!-- pack-check: NAME -->` marker. */
 const readmeExamples = (): ReadonlyMap<string, string> => {
@@ -116,8 +91,7 @@ const buildAndPack = (into: string): ReadonlyArray<string> => {
   })
 }
 
-/** npm's environment without the `npm_config_*` settings pnpm passes to the scripts it runs. */
-const npmEnv = Object.fromEntries(Object.entries(process.env).filter(([key]) => !/^npm_/i.test(key)))
+const npmEnv = cleanEnv()
 
 /** A plain `npm install` (no flags, no npm settings from pnpm's environment), as a user runs it. */
 const npmInstall = (project: string, specs: ReadonlyArray<string>) =>
