@@ -14,12 +14,15 @@ import { assert, layer } from "@effect/vitest"
 import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
+import { now } from "../demo/cluster/app.ts"
 import {
   cancelledLines,
   get,
   interruptedCall,
+  logTime,
   type Runner,
   RunnerError,
   serverSettings,
@@ -125,5 +128,154 @@ layer(RunnersLive, { excludeTestServices: true, concurrent: false, timeout: "90 
       const ended = yield* worker.waitFor((e) => e.event === "activity-ended", { since })
       assert.strictEqual(Number(ended.pid), pid, "the same pooled connection")
       assert.strictEqual(cancelledLines((yield* cluster.logs).slice(logSince)).length, 1, "no late cancel hit it")
+    }))
+
+  it.effect("an admin endpoint cancels a worker's job by its published CancelKey while its own pool is exhausted", () =>
+    Effect.gen(function*() {
+      const { caller, worker } = yield* Runners
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const monitor = yield* monitorOf(cluster)
+      const sinceCaller = caller.events.length
+      const sinceWorker = worker.events.length
+      const logSince = yield* cluster.logSize
+      // A's app pool (one connection) is busy: pg_cancel_backend cannot get a connection there
+      const hogAbort = new AbortController()
+      const hog = yield* Effect.forkChild(Effect.exit(get(caller, "/hog?seconds=60", hogAbort.signal)))
+      const hogPid = Number((yield* caller.waitFor((e) => e.event === "hog-started", { since: sinceCaller })).pid)
+      yield* TestSession.waitUntilSleeping(monitor, hogPid, { timeout: "20 seconds" })
+      // the job runs on B, which published its session's key to A's directory
+      yield* get(caller, "/job/start?job=nightly&seconds=60")
+      const published = yield* caller.waitFor((e) => e.event === "job-published", { since: sinceCaller })
+      const pid = Number(published.pid)
+      yield* TestSession.waitUntilSleeping(monitor, pid, { timeout: "20 seconds" })
+
+      const answer = yield* get(caller, "/admin/cancel?job=nightly&try=pg_cancel_backend")
+      assert.strictEqual(answer.outcome, "CancelRequest", "cancelled by key, not by pg_cancel_backend")
+      yield* caller.waitFor((e) => e.event === "pg_cancel_backend-no-connection", { since: sinceCaller })
+      yield* TestSession.waitUntilIdle(monitor, pid, { timeout: "20 seconds" })
+      yield* worker.waitFor((e) => e.event === "statement-failed" && e.pid === pid, { since: sinceWorker })
+      const log = (yield* cluster.logs).slice(logSince)
+      assert.strictEqual(cancelledLines(log, pid).length, 1, "the job's statement ended with 57014")
+      assert.strictEqual(cancelledLines(log).length, 1, "nothing else was cancelled")
+      const hogState = yield* monitor.query(`SELECT wait_event FROM pg_stat_activity WHERE pid = ${hogPid}`)
+      assert.deepStrictEqual(hogState._tag === "Ok" ? hogState.rows : hogState, [["PgSleep"]], "A's query still runs")
+      // the key never appears in what the runners print
+      const printed = JSON.stringify([caller.events, worker.events]) + caller.stderr() + worker.stderr()
+      assert.notInclude(printed, "secret")
+
+      // A's own query: the aborted HTTP request cancels it (A's SqlPgAdapter pool)
+      hogAbort.abort()
+      yield* Fiber.join(hog)
+      yield* TestSession.waitUntilIdle(monitor, hogPid, { timeout: "20 seconds" })
+    }))
+
+  it.effect("the interrupt reaches B after the statement ended: no cancel is sent, nothing is hit", () =>
+    Effect.gen(function*() {
+      const { caller, worker } = yield* Runners
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const pid = Number((yield* get(caller, "/pid?entity=late")).pid)
+      const sinceWorker = worker.events.length
+      const logSince = yield* cluster.logSize
+      // the statement is short; the handler then works (renders) for a minute without the database
+      const controller = new AbortController()
+      const request = yield* Effect.forkChild(
+        Effect.exit(get(caller, "/report?entity=late&seconds=0.05&then=60000", controller.signal))
+      )
+      yield* worker.waitFor((e) => e.event === "statement-ended" && e.pid === pid, { since: sinceWorker })
+      controller.abort()
+      yield* worker.waitFor((e) => e.event === "interrupted-after-statement", { since: sinceWorker })
+      yield* Fiber.join(request)
+      // the next statement on the same connection runs to its end
+      const next = yield* get(caller, "/report?entity=late&seconds=0.05")
+      assert.strictEqual(next.outcome, "answered")
+      assert.strictEqual(next.pid, pid, "the same pooled connection")
+      const events = worker.events.slice(sinceWorker)
+      assert.isUndefined(events.find((e) => e.event.startsWith("cancel-")), "no cancel connection was opened")
+      assert.strictEqual(cancelledLines((yield* cluster.logs).slice(logSince)).length, 0, "no statement was cancelled")
+    }))
+
+  it.effect("a shard moves while a statement runs (its runner shuts down); then the new owner dies mid-statement", () =>
+    Effect.gen(function*() {
+      const { caller, worker } = yield* Runners
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const monitor = yield* monitorOf(cluster)
+      const other = yield* spawnRunner({ ...base(cluster), name: "C", group: "worker" })
+      // C serves some entity once the shards were rebalanced between B and C
+      const appOf = (pid: unknown) =>
+        monitor.query(`SELECT application_name FROM pg_stat_activity WHERE pid = ${Number(pid)}`).pipe(
+          Effect.map((r) => (r._tag === "Ok" ? r.rows[0]?.[0] : undefined))
+        )
+      yield* Effect.gen(function*() {
+        for (let i = 0;; i++) {
+          if ((yield* appOf((yield* get(caller, `/pid?entity=probe-${i % 32}`)).pid)) === "C-app") return
+        }
+      }).pipe(Effect.timeout("30 seconds"))
+
+      const sinceB = worker.events.length
+      const sinceC = other.events.length
+      const logSince = yield* cluster.logSize
+      const controller = new AbortController()
+      const request = yield* Effect.forkChild(
+        Effect.exit(get(caller, "/report?entity=moving&seconds=60", controller.signal))
+      )
+      const started = yield* Effect.raceFirst(
+        Effect.map(
+          worker.waitFor((e) => e.event === "statement-started", { since: sinceB }),
+          (e) => [worker, e] as const
+        ),
+        Effect.map(other.waitFor((e) => e.event === "statement-started", { since: sinceC }), (e) => [other, e] as const)
+      )
+      const [host, event] = started
+      const survivor = host === worker ? other : worker
+      const pid = Number(event.pid)
+      yield* TestSession.waitUntilSleeping(monitor, pid, { timeout: "20 seconds" })
+      // the host shuts down gracefully (SIGTERM): its entities are interrupted, its shards move to the survivor
+      yield* host.kill("SIGTERM")
+      yield* cluster.waitForLog(new RegExp(`\\[${pid}\\] 57014 ERROR`), { since: logSince, timeout: "20 seconds" })
+      // NodeRuntime.runMain's exit code once a signal interrupted the program and its finalizers ran
+      assert.strictEqual(yield* host.exited(), "exit 130", "the runner shut down cleanly")
+      controller.abort()
+      yield* Fiber.join(request)
+      assert.strictEqual(cancelledLines((yield* cluster.logs).slice(logSince)).length, 1, "only that statement")
+      const moved = yield* get(caller, "/pid?entity=moving")
+      assert.strictEqual(yield* appOf(moved.pid), `${survivor.name}-app`, "the entity now lives on the survivor")
+
+      // the survivor dies (SIGKILL) while its two statements run: the SqlPgAdapter session's backend (the server's
+      // client_connection_check_interval = 250ms) notices the lost client and ends; the node-postgres session
+      // (check disabled) keeps sleeping until its statement would write its result
+      const since = survivor.events.length
+      const dieSince = yield* cluster.logSize
+      const abortAll = new AbortController()
+      const calls = yield* Effect.forkChild(Effect.exit(Effect.all([
+        get(caller, "/report?entity=moving&seconds=60", abortAll.signal),
+        get(caller, "/report?entity=moving-pg&kind=pg&seconds=60", abortAll.signal)
+      ], { concurrency: 2 })))
+      const sqlPid = Number(
+        (yield* survivor.waitFor((e) => e.event === "statement-started" && String(e.what).startsWith("Report "), {
+          since
+        })).pid
+      )
+      const pgPid = Number(
+        (yield* survivor.waitFor((e) => e.event === "statement-started" && String(e.what).startsWith("ReportPg"), {
+          since
+        })).pid
+      )
+      yield* TestSession.waitUntilSleeping(monitor, sqlPid, { timeout: "20 seconds" })
+      yield* TestSession.waitUntilSleeping(monitor, pgPid, { timeout: "20 seconds" })
+      const killedAt = now()
+      yield* survivor.kill("SIGKILL")
+      assert.strictEqual(yield* survivor.exited(), "SIGKILL")
+      const lost = yield* cluster.waitForLog(new RegExp(`\\[${sqlPid}\\] 08006 FATAL:  connection to client lost`), {
+        since: dieSince,
+        timeout: "20 seconds"
+      })
+      yield* TestSession.waitUntilGone(monitor, sqlPid, { timeout: "20 seconds" })
+      yield* Effect.logInfo(`runner killed → the server ended its checked backend: ${logTime(lost) - killedAt} ms`)
+      const pgState = yield* monitor.query(`SELECT wait_event FROM pg_stat_activity WHERE pid = ${pgPid}`)
+      assert.deepStrictEqual(pgState._tag === "Ok" ? pgState.rows : pgState, [["PgSleep"]], "unchecked: still runs")
+      assert.strictEqual(cancelledLines((yield* cluster.logs).slice(dieSince)).length, 0, "nothing was cancelled")
+      yield* monitor.query(`SELECT pg_terminate_backend(${pgPid})`)
+      abortAll.abort()
+      yield* Fiber.join(calls)
     }))
 })

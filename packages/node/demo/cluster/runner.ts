@@ -123,6 +123,9 @@ const AppPg = Layer.effect(PgPool)(Effect.acquireRelease(
       user: "postgres",
       ssl: { ca, servername: "localhost" },
       application_name: `${config.name}-pg`,
+      // the server's default (no check): a backend of this pool whose runner died is noticed only when it writes;
+      // the SqlPgAdapter pools keep the server's setting (the tests and demo set 250ms)
+      options: "-c client_connection_check_interval=0",
       max: 1
     })
   ),
