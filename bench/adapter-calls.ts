@@ -60,6 +60,8 @@ export type Runner = (statement: Statement) => Effect.Effect<unknown, BenchError
 export interface Driver {
   readonly id: string
   readonly label: string
+  /** the npm package (or alias) the bare side imports, for its version */
+  readonly package: string
   readonly bare: (target: Target) => Effect.Effect<Runner, BenchError, Scope.Scope>
   readonly adapter: (target: Target) => Effect.Effect<Runner, BenchError, Scope.Scope | Transport>
 }
@@ -109,6 +111,27 @@ const postgresJsAdapter = Effect.fnUntraced(function*(target: Target) {
     )) satisfies Runner
 })
 
+const postgresJs = (
+  id: string,
+  packageName: string,
+  make: typeof postgres,
+  adapter: (target: Target) => Effect.Effect<Runner, BenchError, Scope.Scope | Transport>
+): Driver => ({
+  id,
+  label: "postgres.js",
+  package: packageName,
+  bare: (target) =>
+    Effect.map(
+      Effect.acquireRelease(
+        Effect.sync(() => make(postgresJsOptions(target))),
+        (sql) => Effect.promise(() => sql.end({ timeout: 0 }))
+      ),
+      (sql): Runner => (statement) =>
+        Effect.tryPromise({ try: () => statement.postgresJs(sql), catch: benchError("postgres.js") })
+    ),
+  adapter
+})
+
 // ---------------------------------------------------------------------------------------------------------------------
 // @effect/sql-pg: PgClient.layer against SqlPgAdapter.layer, the same config
 // ---------------------------------------------------------------------------------------------------------------------
@@ -138,6 +161,7 @@ const sqlPgAdapter = (target: Target, multiplex: boolean) =>
 const sqlPg = (multiplex: boolean): Driver => ({
   id: multiplex ? "sqlpg-multiplex" : "sqlpg",
   label: `@effect/sql-pg${multiplex ? " (multiplex)" : ""}`,
+  package: "@effect/sql-pg",
   bare: (target) => sqlPgRunner(PgClient.layer(sqlPgConfig(target, multiplex))),
   adapter: (target) => sqlPgAdapter(target, multiplex)
 })
@@ -146,6 +170,7 @@ export const drivers: ReadonlyArray<Driver> = [
   {
     id: "pg",
     label: "node-postgres",
+    package: "pg",
     bare: (target) =>
       Effect.map(
         pgPool(target),
@@ -158,20 +183,7 @@ export const drivers: ReadonlyArray<Driver> = [
         return pgAdapter(pool, yield* Effect.context<Transport>())
       })
   },
-  {
-    id: "postgresjs",
-    label: "postgres.js",
-    bare: (target) =>
-      Effect.map(
-        Effect.acquireRelease(
-          Effect.sync(() => postgres(postgresJsOptions(target))),
-          (sql) => Effect.promise(() => sql.end({ timeout: 0 }))
-        ),
-        (sql): Runner => (statement) =>
-          Effect.tryPromise({ try: () => statement.postgresJs(sql), catch: benchError("postgres.js") })
-      ),
-    adapter: postgresJsAdapter
-  },
+  postgresJs("postgresjs", "postgres", postgres, postgresJsAdapter),
   sqlPg(false),
   sqlPg(true)
 ]

@@ -85,13 +85,6 @@ const packageVersion = (name: string): string => {
   }
 }
 
-const packages: Record<string, string> = {
-  pg: "pg",
-  postgresjs: "postgres",
-  sqlpg: "@effect/sql-pg",
-  "sqlpg-multiplex": "@effect/sql-pg"
-}
-
 interface Tally {
   queries: number
   errors: number
@@ -161,7 +154,7 @@ export const runAdapters = Effect.fnUntraced(function*(options: {
   const errors = new Map<string, string>()
   const systems: Array<{ readonly key: string; readonly run: Runner }> = []
   for (const driver of active) {
-    versions[driver.id] = packageVersion(packages[driver.id] ?? driver.id)
+    versions[driver.id] = packageVersion(driver.package)
     for (const kind of ["bare", "adapter"] as const) {
       const made = yield* Effect.exit(driver[kind](target))
       if (Exit.isFailure(made)) {
