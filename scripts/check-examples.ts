@@ -40,7 +40,8 @@ Fs.writeFileSync(
   Path.join(out, "tsconfig.json"),
   JSON.stringify({
     extends: "../../tsconfig.base.json",
-    include: ["*.ts"],
+    // the packages' ambient declarations (e.g. @pqcancel/cloudflare's `cloudflare:sockets`)
+    include: ["*.ts", "../../packages/*/src/**/*.d.ts"],
     compilerOptions: {
       rootDir: ".",
       noEmit: true,

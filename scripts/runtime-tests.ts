@@ -1,11 +1,15 @@
 /**
- * The conformance suites of `@pqcancel/node` on the other runtimes (run by `.ci/run`, see docs/runtimes.md): the
- * test files below, unchanged, under vitest running on Bun (`bun --bun`, worker threads) or Deno (`deno run -A`,
- * child processes), each starting its own embedded PostgreSQL from that runtime and stopping it. `Runtime.test.ts`
- * fails unless the files really run on that runtime. Prints `<runtime>: N passed, N failed` and exits non-zero on a
- * failure.
+ * The suites of the other runtimes (run by `.ci/run`, see docs/runtimes.md):
  *
- *   node scripts/runtime-tests.ts bun|deno
+ * - `bun`, `deno`: the conformance test files of `@pqcancel/node` below under vitest running on Bun (`bun --bun`,
+ *   worker threads) or Deno (`deno run -A`, child processes), each starting its own embedded PostgreSQL from that
+ *   runtime and stopping it; `Runtime.test.ts` fails unless the files really run on that runtime;
+ * - `workerd`: `@pqcancel/cloudflare`'s suite (vitest on Node), which runs its Worker on workerd against an embedded
+ *   PostgreSQL on loopback.
+ *
+ * Prints `<runtime>: N passed, N failed` and exits non-zero on a failure.
+ *
+ *   node scripts/runtime-tests.ts bun|deno|workerd
  */
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
@@ -31,12 +35,17 @@ export const conformanceFiles: ReadonlyArray<string> = [
 
 const runtimes = {
   bun: { command: bin("bun"), args: ["--bun", vitest, "run", "--pool=threads"], files: conformanceFiles },
-  deno: { command: bin("deno"), args: ["run", "-A", vitest, "run", "--pool=forks"], files: conformanceFiles }
+  deno: { command: bin("deno"), args: ["run", "-A", vitest, "run", "--pool=forks"], files: conformanceFiles },
+  workerd: {
+    command: process.execPath,
+    args: [vitest, "run", "--config", "packages/cloudflare/vitest.workerd.config.ts"],
+    files: []
+  }
 } as const
 
 const name = process.argv[2]
-if (name !== "bun" && name !== "deno") {
-  console.error("usage: node scripts/runtime-tests.ts bun|deno")
+if (name !== "bun" && name !== "deno" && name !== "workerd") {
+  console.error("usage: node scripts/runtime-tests.ts bun|deno|workerd")
   process.exit(2)
 }
 const runtime = runtimes[name]
