@@ -6,8 +6,6 @@
  * connection (same backend pid).
  */
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
-import { Transport } from "@pqcancel/core/Transport"
-import { NodeTransport } from "@pqcancel/node"
 import * as SqlPgAdapter from "@pqcancel/node/SqlPgAdapter"
 import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
 import * as Context from "effect/Context"
@@ -20,6 +18,7 @@ import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
+import { narratedTransport } from "./narratedTransport.ts"
 
 const t0 = performance.now()
 const stamp = () => `+${(performance.now() - t0).toFixed(1).padStart(8)} ms`
@@ -27,42 +26,18 @@ const say = (line: string) => console.log(`   ${stamp()}  ${line}`)
 const log = (line: string) => Effect.sync(() => say(line))
 
 /** NodeTransport, narrating the cancel connection: where it goes, the TLS handshake, the CancelRequest inside it */
-const narratedTransport = Layer.effect(
-  Transport,
-  Effect.gen(function*() {
-    const inner = yield* Transport
-    return Transport.of({
-      ...inner,
-      connect: (request, sink) => {
-        const where = request.address._tag === "Tcp"
-          ? `${request.address.address}:${request.address.port}`
-          : request.address.path
-        say(`pqcancel: cancel connection to ${where} (the session's own address), sslmode=${request.options.sslmode}`)
-        let tls = false
-        const connection = inner.connect(request, (event) => {
-          if (event._tag === "TlsEstablished") {
-            tls = true
-            say("pqcancel: TLS established on the cancel connection (server certificate verified)")
-          }
-          if (event._tag === "Eof") say("pqcancel: the server closed the cancel connection: the cancel was dispatched")
-          sink(event)
-        })
-        return {
-          fd: () => connection.fd(),
-          write: (bytes) => {
-            if (bytes.length === 16) {
-              say(`pqcancel: CancelRequest written (16 bytes, ${tls ? "inside TLS" : "PLAINTEXT"})`)
-            }
-            connection.write(bytes)
-          },
-          startTls: (tlsRequest) => connection.startTls(tlsRequest),
-          startGss: (gssRequest) => connection.startGss(gssRequest),
-          close: () => connection.close()
-        }
-      }
-    })
-  })
-).pipe(Layer.provide(NodeTransport.layer))
+const narrated = narratedTransport((step) => {
+  switch (step._tag) {
+    case "Connect":
+      return say(`pqcancel: cancel connection to ${step.to} (the session's own address), sslmode=${step.sslmode}`)
+    case "TlsEstablished":
+      return say("pqcancel: TLS established on the cancel connection (server certificate verified)")
+    case "RequestWritten":
+      return say(`pqcancel: CancelRequest written (16 bytes, ${step.tls ? "inside TLS" : "PLAINTEXT"})`)
+    case "Eof":
+      return say("pqcancel: the server closed the cancel connection: the cancel was dispatched")
+  }
+})
 
 /**
  * Runs the HTTP-abort story against the cluster; everything it starts is owned by the caller's Scope.
@@ -83,7 +58,7 @@ export const httpAbortScenario = Effect.fn("httpAbortScenario")(function*() {
     username: "postgres",
     ssl: { ca: Fs.readFileSync(cluster.caCertPath, "utf8") },
     maxConnections: 1
-  }).pipe(Layer.provide(narratedTransport))
+  }).pipe(Layer.provide(narrated))
 
   const backendPid = Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient

@@ -26,7 +26,8 @@ const program = Effect.gen(function*() {
   const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
   const runs = [
     { title: "GET /report on A, the HTTP client aborts; B runs it through SqlPgAdapter", kind: "sql", abort: true },
-    { title: "GET /report on A, the caller's Effect.timeout(500 ms) fires; B runs it through PgAdapter", kind: "pg" }
+    { title: "GET /report on A, the caller's Effect.timeout(500 ms) fires; B runs it through PgAdapter", kind: "pg" },
+    { title: "Once more: the HTTP client aborts (B's code paths warm now); SqlPgAdapter", kind: "sql", abort: true }
   ] as const
   for (const run of runs) {
     yield* log(`\n== ${run.title}`)

@@ -271,6 +271,8 @@ export const interruptedCall = Effect.fnUntraced(function*(options: {
       who: worker.name,
       what: e.event === "cancel-connect"
         ? `pqcancel: cancel connection to ${String(e.to)} (the session's address), sslmode=${String(e.sslmode)}`
+        : e.event === "cancel-tls"
+        ? "pqcancel: TLS established on the cancel connection (server certificate verified)"
         : e.event === "cancel-request-written"
         ? `pqcancel: CancelRequest written (16 bytes, ${e.tls === true ? "inside TLS" : "PLAINTEXT"})`
         : "pqcancel: the server closed the cancel connection (the cancel was dispatched)"

@@ -11,11 +11,9 @@
  *
  * It prints `{"event":"ready"}` (with the HTTP port) once it serves, and its timeline as JSON lines.
  */
-import * as NodeClusterSocket from "@effect/platform-node/NodeClusterSocket"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { CancelConnection, ConnectionOptions } from "@pqcancel/core"
-import { Transport } from "@pqcancel/core/Transport"
 import { NodeTransport } from "@pqcancel/node"
 import * as SqlPgAdapter from "@pqcancel/node/SqlPgAdapter"
 import * as ClusterWorkflowEngine from "effect/cluster/ClusterWorkflowEngine"
@@ -34,6 +32,7 @@ import * as SqlClient from "effect/sql/SqlClient"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
 import pg from "pg"
+import { narratedTransport } from "../narratedTransport.ts"
 import {
   emit,
   JobDirectoryLive,
@@ -46,6 +45,7 @@ import {
   ReportWorkflowLive,
   RunnerName
 } from "./app.ts"
+import * as SocketRunner from "./socketRunner.ts"
 
 /** The configuration of one runner (JSON in `PQCANCEL_RUNNER`) */
 export const RunnerConfig = Schema.Struct({
@@ -77,39 +77,16 @@ const pgConfig = (application: string, maxConnections: number) => ({
 })
 
 // NodeTransport, narrating the cancel connections of the app's pools on the timeline
-const NarratedTransport = Layer.effect(
-  Transport,
-  Effect.gen(function*() {
-    const inner = yield* Transport
-    return Transport.of({
-      ...inner,
-      connect: (request, sink) => {
-        const to = request.address._tag === "Tcp"
-          ? `${request.address.address}:${request.address.port}`
-          : request.address.path
-        const say = (event: string, fields: Record<string, unknown> = {}) =>
-          process.stdout.write(`${JSON.stringify({ runner: config.name, event, at: now(), to, ...fields })}\n`)
-        say("cancel-connect", { sslmode: request.options.sslmode })
-        let tls = false
-        const connection = inner.connect(request, (event) => {
-          if (event._tag === "TlsEstablished") tls = true
-          if (event._tag === "Eof") say("cancel-eof")
-          sink(event)
-        })
-        return {
-          fd: () => connection.fd(),
-          write: (bytes) => {
-            if (bytes.length === 16) say("cancel-request-written", { tls })
-            connection.write(bytes)
-          },
-          startTls: (tlsRequest) => connection.startTls(tlsRequest),
-          startGss: (gssRequest) => connection.startGss(gssRequest),
-          close: () => connection.close()
-        }
-      }
-    })
-  })
-).pipe(Layer.provide(NodeTransport.layer))
+const NarratedTransport = narratedTransport((step) => {
+  const { _tag, ...fields } = step
+  const event = {
+    Connect: "cancel-connect",
+    TlsEstablished: "cancel-tls",
+    RequestWritten: "cancel-request-written",
+    Eof: "cancel-eof"
+  }[_tag]
+  process.stdout.write(`${JSON.stringify({ runner: config.name, event, at: now(), ...fields })}\n`)
+})
 
 // the cluster's storage: its own pool (SqlPgAdapter too: its polls are cancelled when the runner shuts down)
 const StorageSql = SqlPgAdapter.layer(pgConfig(`${config.name}-storage`, 6)).pipe(Layer.provide(NodeTransport.layer))
@@ -132,21 +109,19 @@ const AppPg = Layer.effect(PgPool)(Effect.acquireRelease(
   (pool) => Effect.promise(() => pool.end())
 ))
 
-const Sharding = NodeClusterSocket.layer({
-  storage: "sql",
-  shardingConfig: {
-    runnerAddress: Option.some(RunnerAddress.make("127.0.0.1", config.runnerPort)),
-    availableShardGroups: ["default", "worker"],
-    assignedShardGroups: [config.group],
-    shardsPerGroup: config.shardsPerGroup,
-    // small intervals: runners find each other and take shards over within a second or two
-    refreshAssignmentsInterval: "250 millis",
-    entityMessagePollInterval: "250 millis",
-    entityReplyPollInterval: "100 millis",
-    shardLockRefreshInterval: "1 second",
-    shardLockExpiration: "5 seconds",
-    entityTerminationTimeout: "5 seconds"
-  }
+// NodeClusterSocket.layer({ storage: "sql", shardingConfig }) with TCP_NODELAY on the runner sockets (socketRunner.ts)
+const Sharding = SocketRunner.layer({
+  runnerAddress: Option.some(RunnerAddress.make("127.0.0.1", config.runnerPort)),
+  availableShardGroups: ["default", "worker"],
+  assignedShardGroups: [config.group],
+  shardsPerGroup: config.shardsPerGroup,
+  // small intervals: runners find each other and take shards over within a second or two
+  refreshAssignmentsInterval: "250 millis",
+  entityMessagePollInterval: "250 millis",
+  entityReplyPollInterval: "100 millis",
+  shardLockRefreshInterval: "1 second",
+  shardLockExpiration: "5 seconds",
+  entityTerminationTimeout: "5 seconds"
 }).pipe(Layer.provide(StorageSql))
 
 const Cluster = ClusterWorkflowEngine.layer.pipe(Layer.provideMerge(Sharding))
