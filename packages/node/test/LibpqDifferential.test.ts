@@ -14,9 +14,9 @@ import { NodeTransport } from "@pqcancel/node"
 import { EmbeddedPostgres, LibpqHarness, RecordingProxy } from "@pqcancel/test-utils"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as Url from "node:url"
+import { guideTable, tableCells } from "./fixtures.ts"
 import { deviations, renderMarkdown } from "./libpqDeviations.ts"
 import type { Field, Mode } from "./libpqDeviations.ts"
 
@@ -412,15 +412,10 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
 
     it.effect("the guide's deviation section is the table", () =>
       Effect.sync(() => {
-        const readme = Fs.readFileSync(Path.join(root, "docs", "differences-from-libpq.md"), "utf8")
-        const start = readme.indexOf("<!-- libpq-deviations:start -->")
-        const end = readme.indexOf("<!-- libpq-deviations:end -->")
-        assert.isTrue(start !== -1 && end > start, "docs/differences-from-libpq.md has the deviation markers")
-        // dprint pads the table's cells: compare cell by cell
-        const cells = (table: string) =>
-          table.trim().split("\n").map((line) => line.replace(/\s*\|\s*/g, "|").replace(/-{3,}/g, "---"))
-        const section = readme.slice(start + "<!-- libpq-deviations:start -->".length, end)
-        assert.deepStrictEqual(cells(section), cells(renderMarkdown()))
+        assert.deepStrictEqual(
+          guideTable("differences-from-libpq.md", "libpq-deviations"),
+          tableCells(renderMarkdown())
+        )
       }))
   }
 )

@@ -16,6 +16,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
+import * as Fs from "node:fs"
 import type postgres from "postgres"
 
 /**
@@ -173,4 +174,17 @@ export const pgBouncerUnavailable = (suite: string): string | undefined => {
     console.warn(`${suite} tests skipped: ${reason}`)
   }
   return reason
+}
+
+/** A markdown table as rows of trimmed cells (dprint pads the cells and the separator row of a guide's tables) */
+export const tableCells = (table: string): Array<string> =>
+  table.trim().split("\n").map((line) => line.replace(/\s*\|\s*/g, "|").replace(/-{3,}/g, "---"))
+
+/** The table between `<!-- name:start -->` and `<!-- name:end -->` in a guide under docs/, as {@link tableCells} */
+export const guideTable = (guide: string, name: string): Array<string> => {
+  const text = Fs.readFileSync(new URL(`../../../docs/${guide}`, import.meta.url), "utf8")
+  const start = text.indexOf(`<!-- ${name}:start -->`)
+  const end = text.indexOf(`<!-- ${name}:end -->`)
+  assert.isTrue(start !== -1 && end > start, `docs/${guide} has the ${name} markers`)
+  return tableCells(text.slice(start + `<!-- ${name}:start -->`.length, end))
 }

@@ -44,7 +44,7 @@ export interface Fault {
   readonly slice?: boolean
   /** read what the client sends, never connect upstream, never answer, never close */
   readonly blackhole?: boolean
-  /** reset (RST) the client's socket once this many bytes went in that direction */
+  /** reset (RST) the client's socket once this many bytes went in that direction (a unix socket: closed) */
   readonly resetAfter?: { readonly up?: number; readonly down?: number }
   /**
    * in the middle of a TLS or GSS handshake (the server's first handshake bytes after its `S`/`G`, or after a
@@ -91,6 +91,8 @@ export interface ConnectionRecord extends ConnectionInfo {
   readonly faulted: "reset" | "close" | undefined
   /** the server closed its side (FIN or reset), whether or not the client was told */
   readonly serverClosed: boolean
+  /** the client closed its side (FIN or reset), or the proxy closed the connection */
+  readonly clientClosed: boolean
   /** the client's socket is closed */
   readonly closed: boolean
 }
@@ -119,7 +121,7 @@ export interface FaultProxy {
   /** stall every open connection (or those matching) in both directions: nothing passes, nothing closes */
   readonly stall: (which?: (record: ConnectionRecord) => boolean) => number
   /**
-   * waits until every connection accepted since the `from`-th is closed (by its client or the proxy), bounded by
+   * waits until the client closed every connection accepted since the `from`-th (or the proxy did), bounded by
    * `timeoutMs`; false when some is still open
    */
   readonly settled: (from: number, timeoutMs?: number) => Effect.Effect<boolean>
@@ -141,6 +143,7 @@ interface Mutable {
   bytesDown: number
   faulted: "reset" | "close" | undefined
   serverClosed: boolean
+  clientClosed: boolean
   closed: boolean
   stalled: boolean
 }
@@ -280,6 +283,7 @@ export const make = (options: {
         bytesDown: 0,
         faulted: undefined,
         serverClosed: false,
+        clientClosed: false,
         closed: false,
         stalled: false
       }
@@ -294,6 +298,7 @@ export const make = (options: {
       lanes.set(record, { stop: stopLanes })
       client.on("close", () => {
         record.closed = true
+        record.clientClosed = true
         stopLanes()
         lanes.delete(record)
         if (!record.stalled) upstream?.destroy()
@@ -304,7 +309,9 @@ export const make = (options: {
         if (record.faulted !== undefined || record.closed) return
         record.faulted = how
         stopLanes()
-        if (how === "reset") client.resetAndDestroy()
+        // a unix socket has no RST: the nearest is closing it at once
+        if (how === "reset" && options.listen === undefined) client.resetAndDestroy()
+        else if (how === "reset") client.destroy()
         else client.end()
         upstream?.destroy()
       }
@@ -403,6 +410,9 @@ export const make = (options: {
         up?.push(bytes)
       })
       client.on("end", () => {
+        record.clientClosed = true
+        for (const waiter of Array.from(closeWaiters)) waiter()
+        changed.notify()
         // the client gave up: nothing passes on (a stall, a blackhole, a close never passed on), so only its own
         // socket closes; the server's side stays as it was until the proxy's Scope ends
         if (
@@ -442,13 +452,14 @@ export const make = (options: {
       bytesDown: r.bytesDown,
       faulted: r.faulted,
       serverClosed: r.serverClosed,
+      clientClosed: r.clientClosed,
       closed: r.closed
     })
 
     // woken by every close: event-driven, no polling
     const settled = (from: number, timeoutMs = 5000): Effect.Effect<boolean> =>
       Effect.callback<boolean>((resume) => {
-        const done = () => records.slice(from).every((r) => r.closed)
+        const done = () => records.slice(from).every((r) => r.clientClosed)
         if (done()) return resume(Effect.succeed(true))
         const waiter = () => {
           if (!done()) return
