@@ -84,12 +84,11 @@ const notConfirmed = (error: "CancelTimeout" | "CancelFailed"): Interrupt => ({
 const resetAtConnect: Outcome | { readonly byRoute: { readonly [R in Route]?: Outcome } } = {
   byRoute: { tcp: failed(SERVER_CLOSED), tls: failed(SERVER_CLOSED), direct: failed(TLS_RESET), unix: OK }
 }
-// the server's close held back: over TLS its close_notify already ends the cancel
+// the server's close held back: over TLS its close_notify already ends the cancel; an interrupted statement's 57014
+// confirms its cancel, so the held cancel connection is finished and the connection kept
 const heldClose = {
   once: { byRoute: { tcp: TIMED_OUT, tls: OK, direct: OK, unix: TIMED_OUT } },
-  interrupt: {
-    byRoute: { tcp: notConfirmed("CancelTimeout"), tls: kept, direct: kept, unix: notConfirmed("CancelTimeout") }
-  }
+  interrupt: kept
 } as const
 
 export const rows: ReadonlyArray<FaultRow> = [
