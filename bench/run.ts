@@ -230,8 +230,8 @@ const main = Effect.gen(function*() {
 
   let runtimes: Array<RuntimeCell> = []
   if (config.runtimes) {
-    yield* log("runtime cells (Node, Bun, Deno; bench/runtimes.ts)")
-    runtimes = yield* Effect.sync(() => runRuntimes({ n: quick ? 60 : 400 }))
+    yield* log("runtime cells (Node, Bun, Deno, workerd; bench/runtimes.ts)")
+    runtimes = yield* runRuntimes({ n: quick ? 60 : 400 })
   }
 
   const report: Report = {

@@ -3,19 +3,26 @@
  * Deno), bench/runtime-ab.ts run BY that runtime measures pqcancel's one-shot cancel against the runtime's own
  * hand-written floors (its native socket API and its `node:net` / `node:tls`), TCP and TLS (verify-full), interleaved
  * against an idle backend of an embedded PostgreSQL 18 that the child starts and stops. Each child is bounded in time.
+ * On workerd, the Workers tests' Worker (packages/cloudflare/test/worker.ts, `/bench`) times CloudflareTransport
+ * against the same cancel written by hand on `cloudflare:sockets`, inside the Worker (its clock advances on I/O only,
+ * which every cancel ends with).
  *
  *   node bench/runtimes.ts [--n 400]
  */
+import * as EmbeddedPostgres from "@pqcancel/test-utils/EmbeddedPostgres"
+import * as TestSession from "@pqcancel/test-utils/TestSession"
+import * as Effect from "effect/Effect"
 import * as ChildProcess from "node:child_process"
 import * as Path from "node:path"
 import * as Url from "node:url"
+import * as Workerd from "../packages/cloudflare/test/workerd.ts"
 
 /** One runtime × cell: median dispatch times (ms) of each system. */
 export interface RuntimeCell {
-  readonly runtime: "node" | "bun" | "deno"
+  readonly runtime: "node" | "bun" | "deno" | "workerd"
   readonly cell: "tcp" | "vfull"
   readonly n: number
-  readonly medians: { readonly pqcancel: number; readonly nodeFloor: number; readonly nativeFloor?: number }
+  readonly medians: { readonly pqcancel: number; readonly nodeFloor?: number; readonly nativeFloor?: number }
 }
 
 const root = Path.resolve(Path.dirname(Url.fileURLToPath(import.meta.url)), "..")
@@ -28,8 +35,49 @@ const commands = {
   deno: [bin("deno"), ["run", "-A", script]]
 } as const
 
+const hex = (bytes: Uint8Array) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")
+
+// the workerd cells: an embedded PostgreSQL and workerd, both stopped with the Scope
+const workerdCells = (n: number) =>
+  Effect.gen(function*() {
+    const cluster = yield* EmbeddedPostgres.make({ version: 18, settings: { log_min_messages: "log" } })
+    const workerd = yield* Workerd.Workerd
+    const session = yield* TestSession.connectTo(cluster, { transport: "tcp", tls: "disable", protocol: "3.2" })
+    const cells: Array<RuntimeCell> = []
+    for (const cell of ["tcp", "vfull"] as const) {
+      const medians = yield* workerd.bench({
+        conninfo: cell === "tcp"
+          ? `host=127.0.0.1 port=${cluster.port} sslmode=disable`
+          : `host=localhost hostaddr=127.0.0.1 port=${cluster.port} sslmode=verify-full sslrootcert=system`,
+        address: session.remote,
+        pid: session.backendKey.pid,
+        secretHex: hex(session.backendKey.secret),
+        protocolVersion: session.backendKey.protocolVersion,
+        n,
+        tls: cell === "vfull"
+      })
+      cells.push({ runtime: "workerd", cell, n, medians })
+    }
+    return cells
+  }).pipe(Effect.provide(Workerd.layer), Effect.scoped)
+
 /** Runs every runtime's cells; a runtime that fails is reported on stderr and left out. */
-export const runRuntimes = (options: { readonly n: number }): Array<RuntimeCell> => {
+export const runRuntimes = (options: { readonly n: number }): Effect.Effect<Array<RuntimeCell>> =>
+  Effect.gen(function*() {
+    const cells = yield* Effect.sync(() => runChildren(options))
+    const workerd = yield* workerdCells(options.n).pipe(
+      Effect.timeout("3 minutes"),
+      Effect.catchCause((cause) =>
+        Effect.sync(() => {
+          console.error(`runtime workerd failed: ${String(cause)}`)
+          return []
+        })
+      )
+    )
+    return [...cells, ...workerd]
+  })
+
+const runChildren = (options: { readonly n: number }): Array<RuntimeCell> => {
   const cells: Array<RuntimeCell> = []
   for (const [runtime, [command, args]] of Object.entries(commands)) {
     const child = ChildProcess.spawnSync(command, [...args, "--n", String(options.n)], {
@@ -65,5 +113,6 @@ export const renderRuntimes = (cells: ReadonlyArray<RuntimeCell>): string =>
 
 if (process.argv[1] !== undefined && Url.pathToFileURL(process.argv[1]).href === import.meta.url) {
   const i = process.argv.indexOf("--n")
-  console.log(renderRuntimes(runRuntimes({ n: i === -1 ? 400 : Number(process.argv[i + 1]) })))
+  const cells = await Effect.runPromise(runRuntimes({ n: i === -1 ? 400 : Number(process.argv[i + 1]) }))
+  console.log(renderRuntimes(cells))
 }

@@ -20,14 +20,15 @@ import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
-import type { CancelBody, CancelOutcome } from "./worker.ts"
+import type { BenchBody, CancelBody, CancelOutcome } from "./worker.ts"
 
 const root = Path.resolve(import.meta.dirname, "..", "..", "..")
 const bin = (...path: Array<string>) => Path.join(root, "node_modules", ...path)
 
-/** The running workerd: `cancel` posts one cancel to a Worker. */
+/** The running workerd: `cancel` posts one cancel to a Worker, `bench` a bench cell (bench/runtimes.ts). */
 export class Workerd extends Context.Service<Workerd, {
   readonly cancel: (worker: "public" | "trusting", body: CancelBody) => Effect.Effect<CancelOutcome>
+  readonly bench: (body: BenchBody) => Effect.Effect<{ readonly pqcancel: number; readonly nativeFloor: number }>
 }>()("test/Workerd") {}
 
 const freePort = Effect.callback<number>((resume) => {
@@ -122,16 +123,21 @@ const start = Effect.gen(function*() {
     child.once("exit", () => resume(Effect.fail(new Error(`workerd exited:\n${output}`))))
   }).pipe(Effect.timeout("30 seconds"), Effect.orDie)
 
-  const cancel = (worker: "public" | "trusting", body: CancelBody) =>
+  const post = <A>(worker: "public" | "trusting", path: string, body: CancelBody, timeout: number) =>
     Effect.promise(async () => {
-      const response = await fetch(`http://127.0.0.1:${ports[worker]}/`, {
+      const response = await fetch(`http://127.0.0.1:${ports[worker]}${path}`, {
         method: "POST",
         body: JSON.stringify(body),
-        signal: AbortSignal.timeout(30_000)
+        signal: AbortSignal.timeout(timeout)
       })
-      return await response.json() as CancelOutcome
+      const text = await response.text()
+      if (!response.ok) throw new Error(`the Worker answered ${response.status}: ${text}`)
+      return JSON.parse(text) as A
     })
-  return { cancel }
+  return Workerd.of({
+    cancel: (worker, body) => post<CancelOutcome>(worker, "/", body, 30_000),
+    bench: (body) => post("trusting", "/bench", body, 120_000)
+  })
 })
 
 /** workerd with the two Workers, for the file's Scope. */
