@@ -16,15 +16,15 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
-import * as Schedule from "effect/Schedule"
 import { now } from "../demo/cluster/app.ts"
 import {
   cancelledLines,
   get,
   interruptedCall,
+  interruptedWorkflow,
   logTime,
+  pollUntil,
   type Runner,
-  RunnerError,
   serverSettings,
   spawnRunner
 } from "../demo/cluster/harness.ts"
@@ -46,16 +46,6 @@ const RunnersLive = Layer.effect(Runners)(Effect.gen(function*() {
   const worker = yield* spawnRunner({ ...base(cluster), name: "B", group: "worker" })
   return { caller, worker }
 })).pipe(Layer.provideMerge(EmbeddedPostgres.layer({ version: 18, settings: serverSettings })))
-
-/** Polls a runner endpoint until `done` holds for its answer (bounded) */
-const pollUntil = (runner: Runner, path: string, done: (body: Record<string, unknown>) => boolean) =>
-  get(runner, path).pipe(
-    Effect.repeat({ schedule: Schedule.spaced("50 millis"), until: done }),
-    Effect.timeoutOrElse({
-      duration: "20 seconds",
-      orElse: () => Effect.fail(new RunnerError({ message: `${path} never satisfied the condition` }))
-    })
-  )
 
 const monitorOf = (cluster: EmbeddedPostgres.Cluster) => TestSession.connectTo(cluster, { transport: "unix" })
 
@@ -96,26 +86,12 @@ layer(RunnersLive, { excludeTestServices: true, concurrent: false, timeout: "90 
       const monitor = yield* monitorOf(cluster)
       const since = worker.events.length
       const logSince = yield* cluster.logSize
-      const { executionId } = yield* get(caller, "/workflow/start?id=interrupted&seconds=60")
-      const started = yield* worker.waitFor((e) => e.event === "activity-started", { since })
-      const pid = Number(started.pid)
-      yield* TestSession.waitUntilSleeping(monitor, pid, { timeout: "20 seconds" })
-      yield* get(caller, `/workflow/interrupt?executionId=${String(executionId)}`)
-      yield* TestSession.waitUntilIdle(monitor, pid, { timeout: "20 seconds" })
-      yield* worker.waitFor((e) => e.event === "activity-interrupted", { since })
-      const result = yield* pollUntil(
-        caller,
-        `/workflow/poll?executionId=${String(executionId)}`,
-        (body) => body.result === "Complete"
-      )
-      assert.strictEqual(result.exit, "Interrupted", "the workflow ended interrupted")
-      const log = (yield* cluster.logs).slice(logSince)
-      assert.strictEqual(cancelledLines(log, pid).length, 1, "the activity's statement ended with 57014")
-      assert.strictEqual(cancelledLines(log).length, 1, "nothing else was cancelled")
-      assert.isUndefined(
-        worker.events.slice(since).find((e) => e.event === "activity-ended"),
-        "the interrupted activity did not complete"
-      )
+      const seen = yield* interruptedWorkflow({ caller, worker, monitor, id: "interrupted" })
+      const pid = seen.pid
+      assert.strictEqual(seen.exit, "Interrupted", "the workflow ended interrupted")
+      assert.strictEqual(seen.cancelled.length, 1, "the activity's statement ended with 57014")
+      assert.deepStrictEqual(seen.allCancelled, seen.cancelled, "nothing else was cancelled")
+      assert.isFalse(seen.activityEnded, "the interrupted activity did not complete")
 
       // the next workflow's activity runs on the same pooled connection, to its end
       const next = yield* get(caller, "/workflow/start?id=clean&seconds=0.05")

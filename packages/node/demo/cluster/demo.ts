@@ -4,12 +4,13 @@
  * PostgreSQL). Runner A serves HTTP and calls the entity `Reports`, which lives on runner B; B runs the statement
  * through `SqlPgAdapter` (then through `PgAdapter`). The HTTP client gives up (AbortController), then a caller's
  * `Effect.timeout` fires: each time, the timeline from the interrupt on A to the backend idle on the server, and the
- * next call served by the same pooled connection. Exits 0 and leaves nothing running.
+ * next call served by the same pooled connection. Then a workflow on B whose activity runs a long statement is
+ * interrupted through its engine. Exits 0 and leaves nothing running.
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
 import * as Effect from "effect/Effect"
-import { interruptedCall, printTimeline, serverSettings, spawnRunner } from "./harness.ts"
+import { interruptedCall, interruptedWorkflow, printTimeline, serverSettings, spawnRunner } from "./harness.ts"
 
 const log = (line: string) => Effect.sync(() => console.log(line))
 
@@ -48,6 +49,16 @@ const program = Effect.gen(function*() {
     if (seen.nextPid !== seen.pid || seen.allCancelled.length !== 1 || seen.cancelled.length !== 1) {
       return yield* Effect.die(new Error("the cancel did not stop exactly the interrupted statement"))
     }
+  }
+  yield* log("\n== A workflow on B whose activity runs SELECT pg_sleep(60); A interrupts the workflow (its engine)")
+  const workflow = yield* interruptedWorkflow({ caller, worker, monitor, id: "demo" })
+  yield* printTimeline(workflow.timeline)
+  yield* log(`   Workflow.interrupt on A → backend idle on the server: ${workflow.interruptToIdle.toFixed(1)} ms`)
+  yield* log(
+    `   the workflow completed ${String(workflow.exit)}; 57014 lines in the server log: ${workflow.allCancelled.length}`
+  )
+  if (workflow.exit !== "Interrupted" || workflow.allCancelled.length !== 1 || workflow.cancelled.length !== 1) {
+    return yield* Effect.die(new Error("the workflow's statement was not stopped exactly"))
   }
   yield* log("\nStopping the runners and PostgreSQL.")
 })

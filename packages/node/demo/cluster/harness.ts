@@ -8,6 +8,7 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
+import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as ChildProcess from "node:child_process"
 import * as Path from "node:path"
@@ -297,6 +298,87 @@ export const interruptedCall = Effect.fnUntraced(function*(options: {
     cancelConnects: cancelEvents.filter((e) => e.event === "cancel-connect").length,
     timeline: steps
   } satisfies InterruptedCall
+})
+
+/** What {@link interruptedWorkflow} saw */
+export interface InterruptedWorkflow {
+  readonly pid: number
+  /** from the workflow's interrupt on the caller's runner to the activity's backend idle */
+  readonly interruptToIdle: number
+  /** the workflow's result once it completed: `Interrupted`, `Success` or `Failure` */
+  readonly exit: unknown
+  readonly cancelled: ReadonlyArray<string>
+  readonly allCancelled: ReadonlyArray<string>
+  /** whether the interrupted activity completed anyway */
+  readonly activityEnded: boolean
+  readonly timeline: ReadonlyArray<Step>
+}
+
+/** Polls a runner endpoint until `done` holds for its answer (bounded) */
+export const pollUntil = (runner: Runner, path: string, done: (body: Record<string, unknown>) => boolean) =>
+  get(runner, path).pipe(
+    Effect.repeat({ schedule: Schedule.spaced("50 millis"), until: done }),
+    Effect.timeoutOrElse({
+      duration: "20 seconds",
+      orElse: () => Effect.fail(new RunnerError({ message: `${path} never satisfied the condition` }))
+    })
+  )
+
+/**
+ * The caller's runner starts `ReportWorkflow` (its activity sleeps 60 s on the worker), waits until the statement
+ * sleeps on the server, and interrupts the workflow through the engine (`Workflow.interrupt`).
+ */
+export const interruptedWorkflow = Effect.fnUntraced(function*(options: {
+  readonly caller: Runner
+  readonly worker: Runner
+  readonly monitor: TestSession.TestSession
+  readonly id: string
+}) {
+  const { caller, monitor, worker } = options
+  const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+  const sinceCaller = caller.events.length
+  const since = worker.events.length
+  const logSince = yield* cluster.logSize
+  const { executionId } = yield* get(caller, `/workflow/start?id=${options.id}&seconds=60`)
+  const started = yield* worker.waitFor((e) => e.event === "activity-started", { since })
+  const pid = Number(started.pid)
+  yield* Effect.orDie(TestSession.waitUntilSleeping(monitor, pid, { timeout: "20 seconds" }))
+  yield* get(caller, `/workflow/interrupt?executionId=${String(executionId)}`)
+  const interrupt = yield* caller.waitFor((e) => e.event === "workflow-interrupt", { since: sinceCaller })
+  yield* Effect.orDie(TestSession.waitUntilIdle(monitor, pid, { timeout: "20 seconds" }))
+  const idleAt = yield* stateChange(monitor, pid)
+  const stopped = yield* worker.waitFor((e) => e.event === "activity-interrupted", { since })
+  const result = yield* pollUntil(
+    caller,
+    `/workflow/poll?executionId=${String(executionId)}`,
+    (body) => body.result === "Complete"
+  )
+  const line = yield* Effect.orDie(
+    cluster.waitForLog(new RegExp(`\\[${pid}\\] 57014 ERROR`), { since: logSince, timeout: "20 seconds" })
+  )
+  const log = (yield* cluster.logs).slice(logSince)
+  const steps: Array<Step> = [
+    { at: started.at, who: worker.name, what: `the workflow's activity runs its statement: backend ${pid}` },
+    { at: interrupt.at, who: caller.name, what: "Workflow.interrupt(executionId): the engine stores the signal" },
+    ...worker.events.slice(since).filter((e) => e.event === "cancel-connect").map((e) => ({
+      at: e.at,
+      who: worker.name,
+      what: "the activity's watcher saw the signal: pqcancel's cancel connection"
+    })),
+    { at: logTime(line), who: "server", what: `log: ${line.slice(line.indexOf("57014"))}` },
+    { at: idleAt, who: "server", what: `backend ${pid} idle (pg_stat_activity.state_change)` },
+    { at: stopped.at, who: worker.name, what: "the activity's statement fiber ended (interrupted); it suspends" }
+  ]
+  steps.sort((x, y) => x.at - y.at)
+  return {
+    pid,
+    interruptToIdle: idleAt - interrupt.at,
+    exit: result.exit,
+    cancelled: cancelledLines(log, pid),
+    allCancelled: cancelledLines(log),
+    activityEnded: worker.events.slice(since).some((e) => e.event === "activity-ended"),
+    timeline: steps
+  } satisfies InterruptedWorkflow
 })
 
 /** Prints a timeline as the HTTP-abort demo prints its own: milliseconds from the first step */
