@@ -6,7 +6,8 @@
  * - a guide (a `projectDocuments` entry) is titled by its `# heading` (up to a colon) and its page is named after its
  *   file: `docs/adapters/pg.md` → `documents/adapters-pg.html`, `bench/README.md` → `documents/bench.html`.
  *
- * The router `pqcancel` is TypeDoc's default `kind` router with those document file names.
+ * The router `pqcancel` is TypeDoc's default `kind` router with those document file names. The guides come in the
+ * order of {@link guideOrder} (a reader's order), any other after them.
  */
 import {
   type Application,
@@ -18,6 +19,35 @@ import {
 } from "typedoc"
 
 const fileNames = new WeakMap<Reflection, string>()
+
+const guideOrder = [
+  "getting-started",
+  "adapters-sql-pg",
+  "adapters-pg",
+  "adapters-postgres-js",
+  "cancel-on-interrupt",
+  "poolers-and-proxies",
+  "tls-and-gss",
+  "configuration",
+  "errors",
+  "metrics-and-tracing",
+  "libpq-api",
+  "differences-from-libpq",
+  "reliability",
+  "cluster",
+  "examples",
+  "testing",
+  "benchmarks",
+  "bench",
+  "supported-versions",
+  "runtimes"
+]
+const rank = (reflection: Reflection): number => {
+  const fileName = fileNames.get(reflection)
+  if (fileName === undefined) return guideOrder.length + 1 // a module
+  const index = guideOrder.indexOf(fileName)
+  return index === -1 ? guideOrder.length : index
+}
 
 // TypeDoc names a document by its path from the repository root, without the extension
 const fileNameOf = (path: string): string => path.replace(/^docs\//, "").replace(/\/README$/, "").replaceAll("/", "-")
@@ -38,6 +68,10 @@ export const load = (app: Application): void => {
     if (heading !== undefined) document.name = heading.split(":")[0]!.replaceAll("`", "").trim()
   })
   app.converter.on(Converter.EVENT_RESOLVE_BEGIN, (context) => {
+    const order = (a: Reflection, b: Reflection) => rank(a) - rank(b)
+    context.project.documents?.sort(order)
+    // the navigation lists this one: documents first in their order, then the modules (a stable sort)
+    context.project.childrenIncludingDocuments?.sort(order)
     for (const module of context.project.getReflectionsByKind(ReflectionKind.Module)) {
       module.name = module.name.split("/").at(-1)!
     }
