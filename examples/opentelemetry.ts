@@ -30,7 +30,7 @@ const Observability = NodeSdk.layer(() => ({
 const program = Effect.gen(function*() {
   const db = yield* Database.Database
   const client = yield* PgAdapter.connect({ connectionString: Redacted.value(db.url) })
-  yield* PgAdapter.query(client, undefined, "SELECT pg_sleep(30)").pipe(Effect.timeoutOption("200 millis"))
+  yield* PgAdapter.query(client, undefined, "SELECT pg_sleep(30)").pipe(Effect.timeoutOption("1 second"))
 }).pipe(Effect.withSpan("report"))
 
 program.pipe(

@@ -59,11 +59,14 @@ const DbLive: Layer.Layer<Db, never, Database.Database> = Layer.effect(
 
 const program = Effect.gen(function*() {
   const db = yield* Db
-  // eight requests at once on a pool of four: four quick ones, four that outlive their 500 ms budget
+  // eight requests at once on a pool of four: four quick ones within 10 s, four that outlive their 500 ms budget
   const requests = Array.from({ length: 8 }, (_, i) => {
-    const seconds = i % 2 === 0 ? 0.05 : 30
-    return db.query(`SELECT pg_sleep(${seconds}), ${i} AS request`, [], { timeout: "500 millis" }).pipe(
-      Effect.match({ onFailure: (e) => `request ${i}: ${e._tag}`, onSuccess: () => `request ${i}: answered` })
+    const [seconds, timeout] = i % 2 === 0 ? [0.05, "10 seconds"] as const : [30, "500 millis"] as const
+    return db.query(`SELECT pg_sleep(${seconds}), ${i} AS request`, [], { timeout }).pipe(
+      Effect.match({
+        onFailure: (e) => `request ${i} (${timeout}): ${e._tag}`,
+        onSuccess: () => `request ${i} (${timeout}): answered`
+      })
     )
   })
   for (const line of yield* Effect.all(requests, { concurrency: "unbounded" })) console.log(line)
