@@ -19,6 +19,7 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import type * as Scope from "effect/Scope"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
@@ -48,10 +49,11 @@ interface Endpoint {
 interface Adapter {
   readonly name: string
   readonly routes: ReadonlyArray<Route>
+  /** the session (a failure to open it is a defect), the statement to interrupt, and the next one's value */
   readonly open: (endpoint: Endpoint) => Effect.Effect<
-    { readonly sleep: Effect.Effect<unknown, unknown>; readonly next: Effect.Effect<unknown, unknown> },
-    unknown,
-    import("effect/Scope").Scope
+    { readonly sleep: Effect.Effect<void>; readonly next: Effect.Effect<string> },
+    never,
+    Scope.Scope
   >
 }
 
@@ -77,10 +79,12 @@ const adapters: ReadonlyArray<Adapter> = [
         const run = (text: string) =>
           PgAdapter.query(client, undefined, text, [], bounds(e)).pipe(Effect.provide(NodeTransport.layer))
         return {
-          sleep: run("SELECT pg_sleep(10)"),
-          next: Effect.map(run("SELECT 42 AS n"), (r) => String(r.rows[0]?.["n"]))
+          sleep: Effect.ignore(run("SELECT pg_sleep(10)")),
+          next: Effect.map(run("SELECT 42 AS n"), (r) => String(r.rows[0]?.["n"])).pipe(
+            Effect.orElseSucceed(() => "failed")
+          )
         }
-      })
+      }).pipe(Effect.orDie)
   },
   {
     name: "postgres.js",
@@ -100,13 +104,17 @@ const adapters: ReadonlyArray<Adapter> = [
           cancel: bounds(e)
         })
         return {
-          sleep: PostgresJsAdapter.query(sql, (s) => s`SELECT pg_sleep(10)`).pipe(Effect.provide(NodeTransport.layer)),
+          sleep: PostgresJsAdapter.query(sql, (s) => s`SELECT pg_sleep(10)`).pipe(
+            Effect.ignore,
+            Effect.provide(NodeTransport.layer)
+          ),
           next: PostgresJsAdapter.query(sql, (s) => s`SELECT 42 AS n`).pipe(
             Effect.map((r) => String(r[0]?.["n"])),
+            Effect.orElseSucceed(() => "failed"),
             Effect.provide(NodeTransport.layer)
           )
         }
-      })
+      }).pipe(Effect.orDie)
   },
   {
     name: "@effect/sql-pg",
@@ -126,10 +134,12 @@ const adapters: ReadonlyArray<Adapter> = [
         )
         const sql = Context.get(context, PgClient.PgClient)
         return {
-          sleep: sql`SELECT pg_sleep(10)`,
-          next: Effect.map(sql<{ n: number }>`SELECT 42 AS n`, (r) => String(r[0]?.n))
+          sleep: Effect.ignore(sql`SELECT pg_sleep(10)`),
+          next: Effect.map(sql<{ n: number }>`SELECT 42 AS n`, (r) => String(r[0]?.n)).pipe(
+            Effect.orElseSucceed(() => "failed")
+          )
         }
-      })
+      }).pipe(Effect.orDie)
   }
 ]
 
@@ -193,7 +203,7 @@ const interruptOne = Effect.fnUntraced(function*(
     const reasons = yield* retiredReasons
     const expected = interruptFor(row, adapter.name, route)
     const bound = expected.bound === "cancelTimeout" ? cancelTimeoutMs : cancelTimeoutMs + DRAIN_TIMEOUT_MS
-    const next = reasons.length === 0 ? yield* Effect.orElseSucceed(session.next, () => "failed") : undefined
+    const next = reasons.length === 0 ? yield* session.next : undefined
     return {
       withinBound: elapsed < bound + SLACK_MS,
       connection: reasons.length === 0 ? "kept" : "retired",

@@ -219,16 +219,14 @@ export interface AdapterException {
   readonly why: string
 }
 
-export const adapterExceptions: ReadonlyArray<AdapterException> = [
-  ...["held-close", "never-closed"].map((row) => ({
-    adapter: "postgres.js",
-    row,
-    routes: ["tcp", "unix"] as const,
-    interrupt: notConfirmed("CancelTimeout"),
-    why: "the statement's 57014 does not end the wait for the held cancel connection in PostgresJsAdapter (under " +
-      "rework): the cancel times out and the connection is retired"
-  }))
-]
+export const adapterExceptions: ReadonlyArray<AdapterException> = ["held-close", "never-closed"].map((row) => ({
+  adapter: "postgres.js",
+  row,
+  routes: ["tcp", "unix"] as const,
+  interrupt: notConfirmed("CancelTimeout"),
+  why: "the statement's 57014 does not end the wait for the held cancel connection in PostgresJsAdapter (under " +
+    "rework): the cancel times out and the connection is retired"
+}))
 
 /** The interrupt row of `row` for `adapter` on `route`, its exception included */
 export const interruptFor = (row: FaultRow, adapter: string, route: Route): Interrupt =>
