@@ -19,7 +19,9 @@
  * @module
  * @since 0.1.0
  */
-import type { CancelMachine, ConnectionOptions } from "@pqcancel/core"
+import type { ConnectionOptions } from "@pqcancel/core"
+import * as CancelMachine from "@pqcancel/core/CancelMachine"
+import * as Protocol from "@pqcancel/core/Protocol"
 import { Transport } from "@pqcancel/core/Transport"
 import type * as TransportNs from "@pqcancel/core/Transport"
 import * as Effect from "effect/Effect"
@@ -301,10 +303,14 @@ const checkHostName = (host: string, cert: Tls.PeerCertificate): Error | undefin
   return Object.assign(new Error(message), { code: TlsErrors.HOST_MISMATCH })
 }
 
+/** A driver's own host name check (a `tls` options object's `checkServerIdentity`), run where libpq checks none */
+type IdentityCheck = (host: string, cert: Tls.PeerCertificate) => Error | undefined
+
 const tlsOptions = (
   socket: Net.Socket,
   request: CancelMachine.TlsRequest,
-  files: TlsFiles
+  files: TlsFiles,
+  identityCheck?: IdentityCheck
 ): Tls.ConnectionOptions => {
   const verifyChain = request.sslmode === "verify-ca" || request.sslmode === "verify-full" || files.verifyChain
   const verifyHost = request.sslmode === "verify-full" ? request.verifyHost : undefined
@@ -314,7 +320,8 @@ const tlsOptions = (
     ...(request.servername !== undefined ? { servername: request.servername } : {}),
     ...(files.secureContext !== undefined ? { secureContext: files.secureContext } : {}),
     rejectUnauthorized: verifyChain,
-    checkServerIdentity: (_name, cert) => verifyHost === undefined ? undefined : checkHostName(verifyHost, cert)
+    checkServerIdentity: (name, cert) =>
+      verifyHost !== undefined ? checkHostName(verifyHost, cert) : identityCheck?.(name, cert)
   }
 }
 
@@ -345,6 +352,8 @@ class NodeConnection implements TransportNs.Connection {
   // GSS encryption (NodeGss): after the server's 'G' the channel owns the raw socket's data and end events; once it
   // has started, every write goes through it (dropped until the context is up, wrapped after), never in clear
   private gss: GssChannel.Channel | undefined
+  /** set for a driver's session ({@link connectStream}) */
+  identityCheck: IdentityCheck | undefined
 
   constructor(request: TransportNs.ConnectRequest, sink: TransportNs.EventSink, gssOptions: NodeGss.Options | false) {
     this.request = request
@@ -413,7 +422,7 @@ class NodeConnection implements TransportNs.Connection {
     raw.off("end", this.onEnd)
     raw.off("error", this.onError)
     raw.on("error", ignore)
-    const secure = Tls.connect(tlsOptions(raw, tlsRequest, files))
+    const secure = Tls.connect(tlsOptions(raw, tlsRequest, files, this.identityCheck))
     this.active = secure
     secure.once("secureConnect", () => {
       this.secured = true
@@ -463,6 +472,26 @@ class NodeConnection implements TransportNs.Connection {
     }, this.emit)
   }
 
+  /**
+   * Hands the socket over (a driver's own session, see {@link connectStream}): this connection stops listening and
+   * reporting, and closes nothing. Returns the socket to read and write (TLS, or the raw socket) and the raw one.
+   */
+  detach(): { readonly socket: Net.Socket; readonly raw: Net.Socket } {
+    this.closed = true
+    const raw = this.raw
+    const active = this.active
+    raw.off("data", this.onData)
+    raw.off("end", this.onEnd)
+    raw.off("error", this.onError)
+    if (active !== raw) {
+      active.removeAllListeners("data")
+      active.removeAllListeners("end")
+      active.removeAllListeners("error")
+      active.removeAllListeners("secureConnect")
+    }
+    return { socket: active, raw }
+  }
+
   close(): void {
     if (this.closed) return
     this.closed = true
@@ -492,6 +521,122 @@ const connect = (
   sink: TransportNs.EventSink,
   gss: NodeGss.Options | false = {}
 ): TransportNs.Connection => new NodeConnection(request, sink, gss)
+
+/**
+ * A driver's session socket, opened as the socket factory of a driver that speaks the protocol itself
+ * (postgres.js): {@link connectStream}'s result.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Stream {
+  /** what the driver reads and writes: the TLS socket, or the raw socket of a plaintext session */
+  readonly socket: Net.Socket
+  /** the TCP or unix socket under it */
+  readonly raw: Net.Socket
+  /** whether the session is TLS-encrypted (its cancel must be too) */
+  readonly encrypted: boolean
+}
+
+/**
+ * Opens a driver's own session the way a cancel connects (same code): the one address, TCP_NODELAY and keepalives,
+ * then the session's encryption per libpq's rules for `options` — no SSLRequest on a unix socket or with
+ * `sslmode=disable`; an SSLRequest whose refusal falls back to plaintext with `allow` / `prefer` and fails with
+ * `require` / `verify-*`; direct TLS (ALPN `postgresql`, checked) with `sslnegotiation=direct`; the server verified
+ * per sslmode, with the TLS material and versions of `options`. `verifyHost` is the name verify-full checks and SNI
+ * sends (the host name; a driver's `servername`), `identityCheck` a driver's own host name check for verify-ca.
+ * Resolves once the socket is ready for the startup packet; fails with libpq's texts, after `timeoutMs` with
+ * `timeout expired`. The caller owns the sockets.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const connectStream = (request: {
+  readonly host: ConnectionOptions.HostEntry
+  readonly address: CancelMachine.RemoteAddress
+  readonly options: ConnectionOptions.ConnectionOptions
+  readonly verifyHost: string | undefined
+  readonly timeoutMs: number
+  readonly identityCheck?: IdentityCheck | undefined
+}): Promise<Stream> =>
+  new Promise((resolve, reject) => {
+    const { address, options } = request
+    const prefix = CancelMachine.hostPrefix(request.host, address)
+    const tls = address._tag === "Tcp" && options.sslmode !== "disable"
+    const direct = tls && options.sslnegotiation === "direct"
+    const name = request.verifyHost
+    const tlsRequest: CancelMachine.TlsRequest = {
+      direct,
+      sslmode: options.sslmode,
+      servername: options.sslsni && name !== undefined && Net.isIP(name) === 0 ? name : undefined,
+      verifyHost: name
+    }
+    let phase: "connecting" | "ssl" | "tls" | "done" = "connecting"
+    const fail = (message: string): void => {
+      if (phase === "done") return
+      phase = "done"
+      clearTimeout(timer)
+      connection.close()
+      reject(new Error(prefix + message))
+    }
+    const ready = (encrypted: boolean): void => {
+      phase = "done"
+      clearTimeout(timer)
+      const { raw, socket } = connection.detach()
+      if (socket !== raw) raw.on("error", ignore)
+      resolve({ socket, raw, encrypted })
+    }
+    const connection = new NodeConnection({ address, options }, (event) => {
+      switch (event._tag) {
+        case "Connected": {
+          if (!tls) return ready(false)
+          if (direct) {
+            phase = "tls"
+            return connection.startTls(tlsRequest)
+          }
+          phase = "ssl"
+          return connection.write(Protocol.sslRequest)
+        }
+        case "Data": {
+          if (phase !== "ssl") return fail(CancelMachine.Messages.unexpectedResponse)
+          // one byte, nothing after it (CVE-2021-23222)
+          if (event.bytes.length > 1) return fail(CancelMachine.Messages.sslUnencryptedData)
+          const answer = Protocol.classifyNegotiationResponse(event.bytes[0]!, "ssl")
+          if (answer.kind === "accept") {
+            phase = "tls"
+            return connection.startTls(tlsRequest)
+          }
+          if (answer.kind !== "reject") return fail(answer.error.message)
+          return options.sslmode === "allow" || options.sslmode === "prefer"
+            ? ready(false)
+            : fail(CancelMachine.Messages.sslRequired)
+        }
+        case "TlsEstablished":
+          if (direct && event.alpn !== "postgresql") {
+            return fail(event.alpn === false ? CancelMachine.Messages.noAlpn : CancelMachine.Messages.wrongAlpn)
+          }
+          return ready(true)
+        case "ConnectFailed":
+          return fail(
+            `${event.message}\n${
+              address._tag === "Unix" ? CancelMachine.Messages.unixHint : CancelMachine.Messages.tcpHint
+            }`
+          )
+        case "Eof":
+          return fail(CancelMachine.Messages.serverClosed)
+        case "IoError":
+          return fail(CancelMachine.Messages.receiveFailed(event.message))
+        case "TlsFailed":
+        case "GssFailed":
+        case "PeerRejected":
+          return fail(event.message)
+        case "GssEstablished":
+          return fail(CancelMachine.Messages.unexpectedResponse)
+      }
+    }, false)
+    connection.identityCheck = request.identityCheck
+    const timer = setTimeout(() => fail(CancelMachine.Messages.timeout), Math.max(0, request.timeoutMs))
+  })
 
 // require: the exact check (its absence is an error); prefer: a recent answer will do (see NodeGss)
 const gssCredentials = (options: ConnectionOptions.ConnectionOptions, gss: NodeGss.Options): Effect.Effect<boolean> =>

@@ -1,29 +1,35 @@
 /**
- * postgres.js (`postgres` 3.4) adapter: queries that are cancelled on the server when the fiber is interrupted —
- * the exact session, over its encryption, never another query.
+ * postgres.js (`postgres` 3.4 and 4.1+) adapter: queries that are cancelled on the server when the fiber is
+ * interrupted — the exact session, over its encryption, never another statement — with postgres.js's pipelining
+ * kept.
  *
  * {@link make} creates the `postgres()` instance (same arguments: a URL and/or options) with a `socket` factory that
- * opens every connection itself: TCP (TCP_NODELAY) or a unix socket, then TLS the way postgres.js would (SSLRequest
- * or `sslnegotiation: "direct"`, its `ssl` values and option objects). It records, per connection, the remote
- * address it actually reached, whether the session is encrypted, and the BackendKeyData — so a cancel goes to that
- * very address (not to the host name resolved again) with the session's pid and key, and the adapter can hold or
- * close that one connection. postgres.js itself then speaks plaintext protocol over the stream it is given (its
- * `ssl` is handled here; `max_pipeline` is set to 0 so one query at a time is written per connection).
+ * opens every connection with `NodeTransport`'s code ({@link NodeTransport.connectStream}): the one address, then
+ * the session's encryption the way libpq negotiates it (SSLRequest or `sslnegotiation: "direct"`), verified per the
+ * sslmode its `ssl` option maps to (the table of {@link cancelTlsOptions}). It records, per connection, the address
+ * it actually reached, whether the session is encrypted, and the BackendKeyData — so a cancel goes to that very
+ * address (not to the host name resolved again) with the session's key, over the session's encryption. postgres.js
+ * then speaks plaintext protocol over the stream it is given.
  *
- * {@link query} runs one query with `CancelOnInterrupt.cancelOnInterrupt`. When the fiber is interrupted:
- * - the query is not written yet (queued in postgres.js; `query.state` is still null): it is emptied in place — it
- *   runs as an empty statement, nothing of it executes, and no cancel is sent;
- * - it is the connection's current query (`query.active`): a CancelRequest with the connection's key, to the
- *   connection's address, over the session's encryption. While the cancel is on its way the connection's reads are
- *   held, so postgres.js cannot see the query end and write the next one before the signal reached the backend
- *   (PostgreSQL drops a cancel that reaches an idle backend);
- * - otherwise it is waited for, bounded, without a cancel.
- * When a cancel cannot be confirmed or the query does not end in time, the connection is retired: its socket is
- * destroyed and postgres.js reconnects it on demand. postgres.js has no public way to close one pool connection;
- * the socket factory is what makes it possible.
+ * {@link query} runs one query; when the fiber is interrupted:
+ * - the query is not written yet (queued in postgres.js): it is withdrawn — it never runs, no cancel is sent;
+ * - it is written: what postgres.js writes to that connection from now on is held back, and the query is waited
+ *   for until it is the one the server runs. If nothing else is on the wire behind it, a CancelRequest with the
+ *   connection's key goes to the connection's address; the held statements go out once the query ended and the
+ *   cancel was delivered (PostgreSQL drops a cancel that reaches an idle backend), so the signal can only reach the
+ *   interrupted query. If other statements were already written behind it, a cancel could reach one of them should
+ *   the query end first: it is not sent, and the query is waited for;
+ * - when a cancel cannot be confirmed or the query does not end within `drainTimeout`, the connection is retired:
+ *   its socket is destroyed (postgres.js fails what that connection still had, and reconnects on demand).
+ * A query given an `AbortSignal` (postgres.js 4's `.signal()`) is cancelled the same way when the signal aborts,
+ * and fails with SQLSTATE 57014; with both a signal and an interrupt it is cancelled once.
  *
  * Reserved connections ({@link reserve}) work the same; a retired reserved connection is never released back to the
  * pool (postgres.js already took it back when its socket closed), and further queries on it fail.
+ *
+ * What the adapter reads of postgres.js's private state is checked on drift: an unsupported or changed driver
+ * fails at once with a {@link PostgresJsAdapterError} naming its version. `query_timeout` (postgres.js 4) is
+ * refused: it would leave the cancel of a written statement to postgres.js — use `Effect.timeout`.
  *
  * @example
  * ```ts
@@ -43,23 +49,31 @@
  * @module
  * @since 0.1.0
  */
-import { CancelKey, ConnectionOptions } from "@pqcancel/core"
-import type { CancelConnection, CancelError, CancelMachine } from "@pqcancel/core"
-import * as CancelOnInterrupt from "@pqcancel/core/CancelOnInterrupt"
-import { Transport } from "@pqcancel/core/Transport"
-import type * as TransportNs from "@pqcancel/core/Transport"
-import type * as Duration from "effect/Duration"
+import { CancelConnection, ConnectionOptions } from "@pqcancel/core"
+import type { CancelError, CancelMachine } from "@pqcancel/core"
+import { isTransient } from "@pqcancel/core/CancelError"
+import * as CancelMetrics from "@pqcancel/core/CancelMetrics"
+import type * as CancelOnInterrupt from "@pqcancel/core/CancelOnInterrupt"
+import type { Transport } from "@pqcancel/core/Transport"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
 import * as Result from "effect/Result"
-import type * as Schedule from "effect/Schedule"
+import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
+import * as Dns from "node:dns"
 import * as Net from "node:net"
 import * as Path from "node:path"
-import * as Tls from "node:tls"
+import type * as Tls from "node:tls"
 import postgres from "postgres"
 import { fromPostgresJsSsl } from "./internal/driverTls.ts"
+import * as PostgresJs from "./internal/postgresJs.ts"
+import { sessionId, Wire } from "./internal/postgresJsWire.ts"
+import * as NodeTransport from "./NodeTransport.ts"
 
 // -----------------------------------------------------------------------------
 // errors
@@ -101,7 +115,7 @@ export class PostgresJsAdapterError
 // -----------------------------------------------------------------------------
 
 /**
- * How the adapter cancels (the bounds and the pooler option of `CancelOnInterrupt.cancelOnInterrupt`).
+ * How the adapter cancels: the bounds and the pooler option (the names `CancelOnInterrupt` uses).
  *
  * @category models
  * @since 0.1.0
@@ -124,53 +138,6 @@ export interface AdapterOptions {
   /** a cancel was sent but the query completed (or failed by itself) first; default: a warning in the log */
   readonly onNotCanceled?: ((exit: Exit.Exit<unknown, unknown>) => Effect.Effect<void>) | undefined
 }
-
-/** The postgres.js options the adapter reads (its `parseOptions` result) */
-interface ParsedOptions {
-  readonly host: ReadonlyArray<string>
-  readonly port: ReadonlyArray<number>
-  readonly path: string | false | undefined
-  readonly ssl: unknown
-  readonly sslnegotiation: unknown
-  readonly connect_timeout: number | null | undefined
-  readonly socket: unknown
-}
-
-/** One connection opened by the socket factory */
-interface Session {
-  /** what postgres.js reads and writes: the TLS socket, or the raw socket of a plaintext session */
-  readonly socket: Net.Socket
-  /** the TCP or unix socket */
-  readonly raw: Net.Socket
-  readonly host: ConnectionOptions.HostEntry
-  readonly address: CancelMachine.RemoteAddress
-  readonly encrypted: boolean
-  key: CancelKey.CancelKey | undefined
-  /** the registry key (pid and secret as postgres.js keeps them in `query.state`), once BackendKeyData was read */
-  id: string | undefined
-  /** reads are held while a cancel for this session is on its way */
-  held: boolean
-  retired: boolean
-}
-
-interface Managed {
-  readonly sessions: Map<string, Session>
-  /** every socket the factory opened and that is not closed yet */
-  readonly sockets: Set<Net.Socket>
-  /** the cancel's options for encrypted sessions; a failure when the driver's TLS settings cannot be mapped */
-  readonly encryptedOptions: Result.Result<ConnectionOptions.ConnectionOptions, CancelError.InvalidOption>
-  readonly plainOptions: ConnectionOptions.ConnectionOptions
-  /** the name an encrypted session verifies when the ssl object sets `servername` (else the host name) */
-  readonly servername: string | undefined
-  readonly adapter: AdapterOptions
-  readonly connectTimeoutSeconds: number
-  /** set for a reserved connection */
-  readonly reserved: { retired: boolean } | undefined
-}
-
-const managed = new WeakMap<object, Managed>()
-
-const sessionId = (pid: number, secret: number): string => `${pid}:${secret >>> 0}`
 
 // -----------------------------------------------------------------------------
 // the cancel's options, from what the user gave postgres.js
@@ -213,20 +180,80 @@ export const cancelTlsOptions = (
   )
 }
 
+/** A postgres.js `postgres` function (the default export of `postgres` 3.4 or 4.1+) */
+type PostgresFn = (...args: ReadonlyArray<unknown>) => unknown
+
+/**
+ * Which postgres.js the adapter drives: the `postgres` function and its version (for the drift check's messages).
+ * The default is the `postgres` package the adapter resolves; give another one (e.g. a second major installed
+ * under an alias) with {@link driver}.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Driver {
+  readonly postgres: unknown
+  readonly version: string | undefined
+}
+
+/**
+ * A {@link Driver} from a `postgres` function and its version, e.g. `driver(postgres4, "4.2.0")` for a postgres.js 4
+ * installed as `"postgres4": "npm:postgres@4.2.0"`.
+ *
+ * @example
+ * ```ts
+ * import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
+ * import postgres from "postgres"
+ *
+ * const options: PostgresJsAdapter.Options = { max: 4, driver: PostgresJsAdapter.driver(postgres, "3.4.10") }
+ * ```
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const driver = (postgresFunction: unknown, version?: string): Driver => ({
+  postgres: postgresFunction,
+  version
+})
+
+let defaultDriver: Driver | undefined
+const installedDriver = (): Driver =>
+  defaultDriver ??= driver(postgres, PostgresJs.installedVersion("postgres", import.meta.url))
+
+/** One `sql` (or reserved `sql`) the adapter made */
+interface Managed {
+  readonly reader: PostgresJs.Reader
+  /** sessions by `pid:secret` (once their BackendKeyData was read) */
+  readonly sessions: Map<string, Wire>
+  /** every session the factory opened and that is not closed yet */
+  readonly wires: Set<Wire>
+  /** the cancel's options for encrypted sessions */
+  readonly encryptedOptions: ConnectionOptions.ConnectionOptions | undefined
+  readonly plainOptions: ConnectionOptions.ConnectionOptions
+  /** the name an encrypted session verifies when the ssl object sets `servername` (else the host name) */
+  readonly servername: string | undefined
+  readonly adapter: AdapterOptions
+  /** set for a reserved connection */
+  readonly reserved: { retired: boolean } | undefined
+  /** the drift check of the driver's per-query state: undefined until a query went through a connection */
+  readonly checked: { done: boolean; error: PostgresJsAdapterError | undefined }
+  /** owns the cancels still going on after an interruption completed (closed with the `sql`) */
+  readonly scope: Scope.Closeable
+}
+
+const managed = new WeakMap<object, Managed>()
+
 // -----------------------------------------------------------------------------
 // the socket factory
 // -----------------------------------------------------------------------------
 
-const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-
 interface Target {
   readonly host: ConnectionOptions.HostEntry
-  /** the name postgres.js would use for SNI and the host name check */
+  /** the name the session verifies and sends as SNI (a TCP host name; the ssl object's servername wins) */
   readonly hostname: string | undefined
-  readonly connect: Net.NetConnectOpts
 }
 
-const targets = (parsed: ParsedOptions): ReadonlyArray<Target> => {
+const targets = (parsed: PostgresJs.ParsedOptions): ReadonlyArray<Target> => {
   if (typeof parsed.path === "string" && parsed.path !== "") {
     const match = /\.s\.PGSQL\.(\d+)$/.exec(parsed.path)
     return [{
@@ -235,219 +262,81 @@ const targets = (parsed: ParsedOptions): ReadonlyArray<Target> => {
         directory: Path.dirname(parsed.path),
         port: match !== null ? Number(match[1]) : ConnectionOptions.DEFAULT_PORT
       },
-      hostname: undefined,
-      connect: { path: parsed.path }
+      hostname: undefined
     }]
   }
-  return parsed.host.map((host, i) => {
-    const port = parsed.port[i] ?? parsed.port[0] ?? ConnectionOptions.DEFAULT_PORT
-    return {
-      host: { _tag: "Tcp", host, hostaddr: undefined, port },
-      hostname: host,
-      connect: { host, port }
-    }
-  })
+  return parsed.host.map((host, i) => ({
+    host: { _tag: "Tcp", host, hostaddr: undefined, port: parsed.port[i] ?? parsed.port[0] ?? 5432 },
+    hostname: host
+  }))
 }
 
-const connectError = (target: Target, error: unknown): Error => {
-  const where = target.host._tag === "Unix"
-    ? `socket "${(target.connect as Net.IpcNetConnectOpts).path}"`
-    : `"${target.hostname}", port ${target.host.port}`
-  return new Error(`connection to ${where} failed: ${error instanceof Error ? error.message : String(error)}`)
-}
-
-/** Resolves once the socket is connected; destroys it on failure or when the deadline passes */
-const connectSocket = (options: Net.NetConnectOpts, deadline: number): Promise<Net.Socket> =>
-  new Promise((resolve, reject) => {
-    const socket = Net.connect(options)
-    const timer = setTimeout(() => {
-      socket.destroy()
-      reject(new Error("timeout expired"))
-    }, Math.max(0, deadline - Date.now()))
-    socket.once("connect", () => {
-      clearTimeout(timer)
-      socket.removeAllListeners("error")
-      resolve(socket)
-    })
-    socket.once("error", (error) => {
-      clearTimeout(timer)
-      socket.destroy()
-      reject(error)
-    })
-  })
-
-/** SSLRequest: resolves with the server's one-byte answer; more bytes than that are refused (CVE-2021-23222) */
-const sslRequest = (socket: Net.Socket, deadline: number): Promise<"S" | "N"> =>
-  new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      cleanup()
-      reject(new Error("timeout expired"))
-    }, Math.max(0, deadline - Date.now()))
-    const cleanup = () => {
-      clearTimeout(timer)
-      socket.off("data", onData)
-      socket.off("error", onError)
-      socket.off("close", onClose)
-    }
-    const onData = (bytes: Buffer) => {
-      cleanup()
-      if (bytes.length !== 1 || (bytes[0] !== 0x53 && bytes[0] !== 0x4e)) {
-        reject(new Error("received invalid response to SSL negotiation"))
-      } else resolve(bytes[0] === 0x53 ? "S" : "N")
-    }
-    const onError = (error: Error) => {
-      cleanup()
-      reject(error)
-    }
-    const onClose = () => {
-      cleanup()
-      reject(new Error("server closed the connection unexpectedly"))
-    }
-    socket.on("data", onData)
-    socket.once("error", onError)
-    socket.once("close", onClose)
-    socket.write(SSL_REQUEST)
-  })
-
-/** TLS on the raw socket, with exactly the options postgres.js would pass to `tls.connect` */
-const startTls = (
-  raw: Net.Socket,
-  target: Target,
-  parsed: ParsedOptions,
-  deadline: number
-): Promise<Tls.TLSSocket> =>
-  new Promise((resolve, reject) => {
-    const ssl = parsed.ssl
-    const options: Tls.ConnectionOptions = {
-      socket: raw,
-      ...(target.hostname !== undefined && Net.isIP(target.hostname) === 0
-        ? { servername: target.hostname }
-        : {}),
-      ...(target.hostname !== undefined ? { host: target.hostname } : {}),
-      ...(parsed.sslnegotiation === "direct" ? { ALPNProtocols: ["postgresql"] } : {}),
-      ...(ssl === "require" || ssl === "allow" || ssl === "prefer"
-        ? { rejectUnauthorized: false }
-        : typeof ssl === "object" && ssl !== null
-        ? ssl as Tls.ConnectionOptions
-        : {})
-    }
-    const secure = Tls.connect(options)
-    const timer = setTimeout(() => {
-      secure.destroy()
-      reject(new Error("timeout expired"))
-    }, Math.max(0, deadline - Date.now()))
-    secure.once("secureConnect", () => {
-      clearTimeout(timer)
-      secure.removeAllListeners("error")
-      resolve(secure)
-    })
-    secure.once("error", (error) => {
-      clearTimeout(timer)
-      secure.destroy()
-      reject(error)
-    })
-  })
-
-/** Reads the startup messages on the session's socket until BackendKeyData (then stops listening) */
-const watchForKey = (session: Session, sessions: Map<string, Session>): void => {
-  let buffered: Buffer = Buffer.alloc(0)
-  const socket = session.socket
-  const stop = (): void => {
-    socket.off("data", onData)
-  }
-  const onData = (bytes: Buffer): void => {
-    buffered = buffered.length === 0 ? bytes : Buffer.concat([buffered, bytes])
-    while (buffered.length >= 5) {
-      const length = buffered.readUInt32BE(1)
-      if (length < 4 || length > 1 << 20) return stop()
-      if (buffered.length < length + 1) return
-      const type = buffered[0]
-      if (type === 0x4b) { // 'K' BackendKeyData
-        const decoded = CancelKey.fromBackendKeyData(buffered.subarray(5, length + 1), "3.0")
-        if (Result.isSuccess(decoded)) {
-          const body = buffered.subarray(5, length + 1)
-          session.key = decoded.success
-          session.id = sessionId(body.readUInt32BE(0), body.length >= 8 ? body.readUInt32BE(4) : 0)
-          sessions.set(session.id, session)
-        }
-        return stop()
-      }
-      if (type === 0x5a || type === 0x45) return stop() // ReadyForQuery or ErrorResponse: no key is coming
-      buffered = buffered.subarray(length + 1)
-    }
-  }
-  socket.on("data", onData)
+/** the addresses of a target, in the resolver's order (libpq tries each) */
+const addressesOf = async (target: Target, path: string | undefined): Promise<Array<CancelMachine.RemoteAddress>> => {
+  if (target.host._tag === "Unix") return [{ _tag: "Unix", path: path! }]
+  const { host, port } = target.host
+  const family = Net.isIP(host!)
+  if (family !== 0) return [{ _tag: "Tcp", address: host!, port, family: family === 6 ? 6 : 4 }]
+  const found = await Dns.promises.lookup(host!, { all: true })
+  return found.map((a) => ({ _tag: "Tcp", address: a.address, port, family: a.family === 6 ? 6 : 4 }))
 }
 
 const socketFactory = (
-  parsed: ParsedOptions,
-  sessions: Map<string, Session>,
-  sockets: Set<Net.Socket>,
+  parsed: PostgresJs.ParsedOptions,
+  session: {
+    readonly options: ConnectionOptions.ConnectionOptions
+    readonly servername: string | undefined
+    readonly identityCheck: ((host: string, cert: Tls.PeerCertificate) => Error | undefined) | undefined
+  },
+  sessions: Map<string, Wire>,
+  wires: Set<Wire>,
   connectTimeoutSeconds: number
 ) => {
   const all = targets(parsed)
+  const path = typeof parsed.path === "string" ? parsed.path : undefined
   let next = 0
   const open = async (target: Target, deadline: number): Promise<Net.Socket> => {
-    const raw = await connectSocket(target.connect, deadline)
-    sockets.add(raw)
-    raw.once("close", () => sockets.delete(raw))
-    try {
-      if (target.host._tag === "Tcp") raw.setNoDelay(true)
-      let socket: Net.Socket = raw
-      let encrypted = false
-      const ssl = parsed.ssl
-      if (ssl !== false && ssl !== undefined && ssl !== null && ssl !== "disable") {
-        const answer = parsed.sslnegotiation === "direct" ? "S" : await sslRequest(raw, deadline)
-        if (answer === "S") {
-          socket = await startTls(raw, target, parsed, deadline)
-          // the TLS socket reports the connection's errors (postgres.js listens there); the raw one must not throw
-          raw.on("error", () => {})
-          encrypted = true
-        } else if (ssl !== "prefer") {
-          throw new Error("server does not support SSL, but SSL was required")
-        }
-      }
-      const address: CancelMachine.RemoteAddress = target.host._tag === "Unix"
-        ? { _tag: "Unix", path: (target.connect as Net.IpcNetConnectOpts).path }
-        : {
+    let last: unknown = undefined
+    for (const address of await addressesOf(target, path)) {
+      try {
+        const stream = await NodeTransport.connectStream({
+          host: target.host,
+          address,
+          options: session.options,
+          verifyHost: session.servername ?? target.hostname,
+          timeoutMs: deadline - Date.now(),
+          identityCheck: session.identityCheck
+        })
+        const recorded: CancelMachine.RemoteAddress = address._tag === "Unix" ? address : {
           _tag: "Tcp",
-          address: raw.remoteAddress ?? "",
-          port: raw.remotePort ?? target.host.port,
-          family: raw.remoteFamily === "IPv6" ? 6 : 4
+          address: stream.raw.remoteAddress ?? address.address,
+          port: stream.raw.remotePort ?? address.port,
+          family: stream.raw.remoteFamily === "IPv6" ? 6 : 4
         }
-      const session: Session = {
-        socket,
-        raw,
-        host: target.host,
-        address,
-        encrypted,
-        key: undefined,
-        id: undefined,
-        held: false,
-        retired: false
+        const wire = new Wire(stream, target.host, recorded, (w) => sessions.set(w.id!, w))
+        wires.add(wire)
+        stream.raw.once("close", () => {
+          wires.delete(wire)
+          if (wire.id !== undefined && sessions.get(wire.id) === wire) sessions.delete(wire.id)
+        })
+        return stream.socket
+      } catch (error) {
+        last = error
       }
-      watchForKey(session, sessions)
-      socket.once("close", () => {
-        if (session.id !== undefined && sessions.get(session.id) === session) sessions.delete(session.id)
-      })
-      return socket
-    } catch (error) {
-      raw.destroy()
-      throw error
     }
+    throw last ?? new Error(`could not translate host name "${target.hostname}" to address`)
   }
   return async (): Promise<Net.Socket> => {
     // like postgres.js, each new connection starts at the next host; on failure the others are tried in order
     const start = next
     next = (next + 1) % all.length
     const deadline = Date.now() + connectTimeoutSeconds * 1000
-    let last: Error | undefined
+    let last: unknown = undefined
     for (let i = 0; i < all.length; i++) {
-      const target = all[(start + i) % all.length]!
       try {
-        return await open(target, deadline)
+        return await open(all[(start + i) % all.length]!, deadline)
       } catch (error) {
-        last = connectError(target, error)
+        last = error
       }
     }
     throw last ?? new Error("no host to connect to")
@@ -455,140 +344,126 @@ const socketFactory = (
 }
 
 // -----------------------------------------------------------------------------
-// holding reads while a cancel is on its way, retiring a connection
-// -----------------------------------------------------------------------------
-
-const hold = (session: Session): void => {
-  if (session.held || session.retired) return
-  session.held = true
-  session.socket.pause()
-}
-
-const release = (session: Session): void => {
-  if (!session.held) return
-  session.held = false
-  if (!session.retired) session.socket.resume()
-}
-
-const retire = (session: Session): void => {
-  session.retired = true
-  session.held = false
-  session.socket.destroy()
-  session.raw.destroy()
-}
-
-/**
- * The transport, holding the session's reads while a cancel is on its way: postgres.js cannot see the query end and
- * write the next one on this connection before the signal has been delivered. The hold starts when the query is
- * located as running (and again when a cancel connects); it ends when a cancel connection closes after the server
- * closed it following the CancelRequest (the signal was delivered). A failed attempt keeps the hold: the next
- * attempt is coming (a released hold in between would let the next query start before a retried cancel), or the
- * connection is retired.
- */
-const holdingTransport = (inner: Transport["Service"], session: () => Session | undefined): Transport["Service"] =>
-  Transport.of({
-    ...inner,
-    connect: (request, sink) => {
-      const held = session()
-      if (held !== undefined) hold(held)
-      // the CancelRequest is the one write inside TLS (the cancel's sslmode is disable, require or verify-*: no
-      // plaintext fallback), or the only write of a plaintext cancel
-      const expectTls = request.address._tag === "Tcp" && request.options.sslmode !== "disable"
-      let tls = false
-      let sent = false
-      let delivered = false
-      const connection = inner.connect(request, (event) => {
-        if (event._tag === "TlsEstablished") tls = true
-        else if (event._tag === "Eof" && sent) delivered = true
-        sink(event)
-      })
-      const wrapped: TransportNs.Connection = {
-        fd: () => connection.fd(),
-        write: (bytes) => {
-          if (tls || !expectTls) sent = true
-          connection.write(bytes)
-        },
-        startTls: (tlsRequest) => connection.startTls(tlsRequest),
-        startGss: (gssRequest) => connection.startGss(gssRequest),
-        close: () => {
-          connection.close()
-          if (held !== undefined && delivered) release(held)
-        }
-      }
-      return wrapped
-    }
-  })
-
-// -----------------------------------------------------------------------------
 // constructors
 // -----------------------------------------------------------------------------
 
 /**
- * postgres.js's options plus the adapter's (`cancel`). `socket` is the adapter's own (it opens the connections) and
- * cannot be given; `max_pipeline` is set to 0.
+ * postgres.js's options plus the adapter's (`cancel`, `driver`). `socket` is the adapter's own (it opens the
+ * connections) and cannot be given; nor can postgres.js 4's `query_timeout` (use `Effect.timeout`).
  *
  * @category models
  * @since 0.1.0
  */
 export interface Options extends postgres.Options<{}> {
   readonly cancel?: AdapterOptions | undefined
+  /** the postgres.js to drive (default: the installed `postgres`), see {@link driver} */
+  readonly driver?: Driver | undefined
 }
 
 const errorMessage = (error: unknown): string => error instanceof Error ? error.message : String(error)
 
+const fail = (message: string): never => {
+  throw new PostgresJsAdapterError({ message })
+}
+
+/** the session's own sslmode (postgres.js's `allow` and `prefer` try TLS first and fall back to plaintext) */
+const sessionParams = (parsed: PostgresJs.ParsedOptions): Readonly<Record<string, string>> | undefined => {
+  const ssl = parsed.ssl
+  if (ssl === false || ssl === undefined || ssl === null || ssl === "disable") return undefined
+  const mapped = fromPostgresJsSsl(ssl, parsed.sslnegotiation)
+  if (Result.isFailure(mapped)) {
+    return fail(`the ssl option cannot be carried over to the cancel: ${mapped.failure.message}`)
+  }
+  return ssl === "allow" || ssl === "prefer" ? { ...mapped.success.params, sslmode: "prefer" } : mapped.success.params
+}
+
+const optionsOf = (
+  params: Readonly<Record<string, string>>,
+  material: ConnectionOptions.SslMaterial | undefined
+): ConnectionOptions.ConnectionOptions => {
+  const options = ConnectionOptions.fromParams(params)
+  if (Result.isFailure(options)) return fail(options.failure.message)
+  return material === undefined ? options.success : { ...options.success, sslMaterial: material }
+}
+
 const create = (urlOrOptions: string | Options, maybeOptions: Options | undefined): postgres.Sql<{}> => {
   const url = typeof urlOrOptions === "string" ? urlOrOptions : undefined
-  const { cancel: adapter = {}, ...driverOptions } = (typeof urlOrOptions === "string" ? maybeOptions : urlOrOptions) ??
-    {}
+  const given = (typeof urlOrOptions === "string" ? maybeOptions : urlOrOptions) ?? {}
+  const { cancel: adapter = {}, driver: chosen = installedDriver(), ...driverOptions } = given
   if ((driverOptions as { readonly socket?: unknown }).socket !== undefined) {
-    throw new Error("the socket option is the adapter's own: PostgresJsAdapter opens the connections")
+    fail("the socket option is the adapter's own: PostgresJsAdapter opens the connections")
   }
+  const make = chosen.postgres as PostgresFn
+  if (typeof make !== "function") fail("the driver is not a postgres.js `postgres` function")
   // postgres.js's own parsing of the URL, options and environment, read back from a throwaway instance (it opens
   // nothing until a query runs)
-  const probeOptions = { ...driverOptions, no_subscribe: true } as postgres.Options<{}>
-  const probe = url === undefined ? postgres(probeOptions) : postgres(url, probeOptions)
-  const parsed = probe.options as unknown as ParsedOptions
+  const probeOptions = { ...driverOptions, no_subscribe: true }
+  const probe = url === undefined ? make(probeOptions) : make(url, probeOptions)
+  const reader = PostgresJs.readerFor(probe, chosen.version)
+  if (typeof reader === "string") return fail(reader)
+  const parsed = (probe as { readonly options: PostgresJs.ParsedOptions }).options
+  if (typeof parsed.query_timeout === "number" && parsed.query_timeout > 0) {
+    fail(
+      "query_timeout is not supported through the adapter (postgres.js would cancel a written statement): " +
+        "use Effect.timeout, which cancels through the adapter"
+    )
+  }
   const connectTimeout = typeof parsed.connect_timeout === "number" && parsed.connect_timeout > 0
     ? parsed.connect_timeout
     : 30
-  const cancelConnectTimeout = Math.min(connectTimeout, 10)
-  const encryptedOptions = cancelTlsOptions(parsed.ssl, parsed.sslnegotiation, cancelConnectTimeout)
-  if (Result.isFailure(encryptedOptions) && parsed.ssl !== false && parsed.ssl !== undefined) {
-    throw new Error(`the ssl option cannot be carried over to the cancel: ${encryptedOptions.failure.message}`)
-  }
-  const plainOptions = ConnectionOptions.fromParams({
-    sslmode: "disable",
-    gssencmode: "disable",
-    connect_timeout: String(cancelConnectTimeout)
-  })
-  if (Result.isFailure(plainOptions)) throw new Error(plainOptions.failure.message)
-  const sessions = new Map<string, Session>()
-  const sockets = new Set<Net.Socket>()
+  const cancelConnectTimeout = String(Math.min(connectTimeout, 10))
+  // a postgres.js session is never GSS-encrypted: neither is its cancel
+  const base = { gssencmode: "disable", connect_timeout: cancelConnectTimeout }
+  const params = sessionParams(parsed)
+  const ssl = parsed.ssl
+  const tlsObject = typeof ssl === "object" && ssl !== null ? ssl as Readonly<Record<string, unknown>> : undefined
+  const material = params === undefined ? undefined : Result.getOrUndefined(
+    Result.map(fromPostgresJsSsl(ssl, parsed.sslnegotiation), (m) => m.sslMaterial)
+  )
+  const encryptedOptions = params === undefined
+    ? undefined
+    : optionsOf({ ...params, ...base, sslmode: params.sslmode === "prefer" ? "require" : params.sslmode! }, material)
+  const plainOptions = optionsOf({ sslmode: "disable", ...base }, undefined)
+  const servername = typeof tlsObject?.servername === "string" && tlsObject.servername !== ""
+    ? tlsObject.servername
+    : undefined
+  const sessionOptions = params === undefined
+    ? optionsOf({ sslmode: "disable", gssencmode: "disable" }, undefined)
+    : optionsOf({ ...params, gssencmode: "disable" }, material)
+  const identityCheck = typeof tlsObject?.checkServerIdentity === "function"
+    ? tlsObject.checkServerIdentity as (host: string, cert: Tls.PeerCertificate) => Error | undefined
+    : undefined
+  const sessions = new Map<string, Wire>()
+  const wires = new Set<Wire>()
+  const factory = socketFactory(
+    parsed,
+    { options: sessionOptions, servername, identityCheck },
+    sessions,
+    wires,
+    connectTimeout
+  )
   const driverConfig = {
     ...driverOptions,
-    // TLS is negotiated by the socket factory (postgres.js's rules), so postgres.js speaks plaintext over it
+    // TLS is negotiated by the socket factory, so postgres.js speaks plaintext over it
     ssl: false,
-    socket: socketFactory(parsed, sessions, sockets, connectTimeout),
-    // one query written at a time per connection: a cancel can only hit the query it is meant for
-    max_pipeline: 0,
-    // the factory tries every host; postgres.js sees one (with several and a socket factory, it swallows a failed
-    // connection attempt and leaves the query waiting forever)
+    ...reader.socketOptions(factory),
+    // the factory tries every host; postgres.js sees one (with several and a socket factory, postgres.js 3 swallows
+    // a failed connection attempt and leaves the query waiting forever)
     host: parsed.host[0],
     port: parsed.port[0]
-  } as postgres.Options<{}>
-  const sql = url === undefined ? postgres(driverConfig) : postgres(url, driverConfig)
+  }
+  const sql = (url === undefined ? make(driverConfig) : make(url, driverConfig)) as postgres.Sql<{}>
   managed.set(sql, {
+    reader,
     sessions,
-    sockets,
+    wires,
     encryptedOptions,
-    plainOptions: plainOptions.success,
-    servername: typeof parsed.ssl === "object" && parsed.ssl !== null &&
-        typeof (parsed.ssl as { readonly servername?: unknown }).servername === "string"
-      ? (parsed.ssl as { readonly servername: string }).servername
-      : undefined,
+    plainOptions,
+    servername,
     adapter,
-    connectTimeoutSeconds: cancelConnectTimeout,
-    reserved: undefined
+    reserved: undefined,
+    checked: { done: false, error: undefined },
+    scope: Scope.makeUnsafe()
   })
   return sql
 }
@@ -607,20 +482,27 @@ export const make: {
   Effect.acquireRelease(
     Effect.try({
       try: () => create(urlOrOptions, maybeOptions),
-      catch: (error) => new PostgresJsAdapterError({ message: errorMessage(error) })
+      catch: (error) =>
+        error instanceof PostgresJsAdapterError ? error : new PostgresJsAdapterError({ message: errorMessage(error) })
     }),
-    (sql) => Effect.promise(() => close(sql))
+    (sql) =>
+      Effect.andThen(
+        Effect.suspend(() => {
+          const m = managed.get(sql)
+          return m === undefined ? Effect.void : Scope.close(m.scope, Exit.void)
+        }),
+        Effect.promise(() => close(sql))
+      )
   )
 
 /**
  * Ends the instance at once (`sql.end({ timeout: 0 })`: postgres.js sends Terminate on every connection; a query
  * still running outside the adapter fails with `CONNECTION_DESTROYED`) and waits, bounded, until every socket is
- * closed. (A graceful `sql.end()` would wait for its timeout on a connection whose socket closed mid-query, such as
- * a retired one: postgres.js keeps that query as current until the connection is used again.)
+ * closed.
  */
 const close = async (sql: postgres.Sql<{}>): Promise<void> => {
   await sql.end({ timeout: 0 }).catch(() => undefined)
-  const sockets = [...(managed.get(sql)?.sockets ?? [])]
+  const sockets = [...(managed.get(sql)?.wires ?? [])].map((wire) => wire.raw)
   await Promise.all(sockets.map((socket) =>
     new Promise<void>((resolve) => {
       if (socket.destroyed) return resolve()
@@ -693,41 +575,204 @@ const toQueryError = (error: unknown): PostgresJsQueryError => {
   })
 }
 
-/** The fields of a postgres.js Query the adapter reads and (for a query not written yet) rewrites */
-interface QueryInternals {
-  /** `{ pid, secret }` of the connection, set when the query is written */
-  readonly state: { readonly pid: number; readonly secret: number } | null
-  /** the query is the connection's current one */
-  readonly active: boolean
-  strings: ReadonlyArray<string> & { readonly raw?: ReadonlyArray<string> }
-  args: ReadonlyArray<unknown>
-  options: Record<string, unknown>
-}
-
-/**
- * Empties a query that postgres.js has not written yet: it will run as an empty statement (an EmptyQueryResponse),
- * so nothing of it executes, and postgres.js's queues and connection states stay as they are. (postgres.js's own
- * `query.cancel()` on a query that is not written leaves a connection stuck when the query was a connection's
- * first, or queued on a reserved connection.)
- */
-const withdraw = (query: QueryInternals): void => {
-  const empty = Object.assign([""], { raw: [""] })
-  query.strings = empty
-  query.args = []
-  query.options = { ...query.options, simple: true, prepare: false }
-}
-
 const isCanceled = (exit: Exit.Exit<unknown, unknown>): boolean =>
   Exit.isFailure(exit) &&
   Exit.findErrorOption(exit).pipe((error) =>
     error._tag === "Some" && error.value instanceof PostgresJsQueryError && error.value.code === "57014"
   )
 
+const aborted = () => new PostgresJsQueryError({ message: "canceling statement due to user request", code: "57014" })
+
+/** One query run through the adapter: its postgres.js query and how it ended */
+class Tracked<A> {
+  query: object | undefined = undefined
+  ended: Exit.Exit<A, PostgresJsQueryError> | undefined = undefined
+  /** a cancel (interrupt or abort signal) has begun: the other one does nothing */
+  cancelling = false
+  /** its turn came: a cancel is being sent (its outcome is waited for, bounded by cancelTimeout and drainTimeout) */
+  sending = false
+  private waiters: Array<() => void> | undefined = undefined
+
+  end(exit: Exit.Exit<A, PostgresJsQueryError>): void {
+    if (this.ended !== undefined) return
+    this.ended = exit
+    const waiters = this.waiters
+    if (waiters === undefined) return
+    for (const wake of waiters) wake()
+  }
+
+  /** waits until the query ended (its exit), at most `millis` (then undefined; `Infinity`: until it ended) */
+  await(millis: number): Effect.Effect<Exit.Exit<A, PostgresJsQueryError> | undefined> {
+    return Effect.callback((resume) => {
+      if (this.ended !== undefined || millis <= 0) return resume(Effect.succeed(this.ended))
+      let timer: ReturnType<typeof setTimeout> | undefined
+      const forget = () => {
+        if (timer !== undefined) clearTimeout(timer)
+        this.waiters = this.waiters?.filter((w) => w !== wake)
+      }
+      const wake = () => {
+        forget()
+        resume(Effect.succeed(this.ended))
+      }
+      if (Number.isFinite(millis)) timer = setTimeout(wake, Math.min(millis, 2_147_483_647))
+      ;(this.waiters ??= []).push(wake)
+      return Effect.sync(forget)
+    })
+  }
+}
+
+const defaultRetry: Schedule.Schedule<unknown, CancelError.CancelFailed | CancelError.CancelTimeout> = Schedule
+  .exponential("20 millis")
+
+/** how often a query waiting for its turn is looked at */
+const TURN_POLL_MS = 1
+
+/**
+ * The cancel of one query (its fiber interrupted, or its signal aborted), run in the `sql`'s scope: withdraw it if
+ * it is not written; else hold the connection's writes, wait for its turn, and cancel it only when nothing else is
+ * on the wire behind it (then wait, bounded, for it to end; retire the connection when that cannot be confirmed).
+ * With statements written behind it, it is not cancelled: it runs to its end (never retired: nothing was sent).
+ */
+const cancelQuery = Effect.fnUntraced(function*<A>(t: Tracked<A>, m: Managed) {
+  const q = t.query
+  if (q === undefined || t.ended !== undefined) return
+  const reader = m.reader
+  const place = reader.place(q)
+  if (place === "unwritten") return reader.withdraw(q)
+  const key = reader.session(q)
+  const wire = key === undefined ? undefined : m.sessions.get(sessionId(key.pid, key.secret))
+  // not located (a connection that is gone, or a driver state of another shape): no cancel
+  if (wire === undefined || wire.retired || place === undefined) return
+  const adapter = m.adapter
+  const sessionInfo = (): CancelConnection.SessionInfo => ({
+    options: wire.encrypted && m.encryptedOptions !== undefined ? m.encryptedOptions : m.plainOptions,
+    host: wire.encrypted && wire.host._tag === "Tcp" && m.servername !== undefined
+      ? { ...wire.host, host: m.servername }
+      : wire.host,
+    address: wire.address,
+    key: wire.key,
+    open: !wire.socket.destroyed
+  })
+  const retire = CancelMetrics.countRetired<CancelOnInterrupt.UnsafeReason>(sessionInfo, () =>
+    Effect.sync(() => {
+      if (m.reserved !== undefined) m.reserved.retired = true
+      wire.retire()
+    }))
+  wire.gate()
+  let gated = true
+  let cancelling = false
+  try {
+    // 1. its turn: the server runs it, with nothing else on the wire behind it
+    for (;;) {
+      if (t.ended !== undefined) return
+      const head = reader.place(q) === "head"
+      const outstanding = wire.outstanding
+      if (head && outstanding === 1) break
+      if (head && outstanding > 1) {
+        // statements were written behind it: a cancel could reach one of them should it end first. It runs to its
+        // end; what is held meanwhile can go (nothing will be sent for it)
+        gated = false
+        wire.ungate()
+        return yield* t.await(Infinity)
+      }
+      // the server is idle and the driver's next statement is held (its, or one ahead of it): let that one, and only
+      // that one, go — unless a cancel is on its way on this session
+      if (outstanding === 0 && wire.holding && wire.cancelling === 0) wire.releaseFirst()
+      yield* t.await(TURN_POLL_MS)
+    }
+    cancelling = true
+    wire.cancelling++
+    t.sending = true
+    // 2. cancel, again while it still runs, until it ended or the bound passed
+    const session = sessionInfo()
+    const cancelTimeout = Duration.fromInputUnsafe(
+      adapter.cancelTimeout ?? Duration.seconds(session.options.connectTimeout ?? 5)
+    )
+    const retry = (adapter.retry ?? defaultRetry).pipe(Schedule.upTo({ duration: cancelTimeout }))
+    const send = CancelConnection.cancel(session, { timeout: cancelTimeout, retry })
+    const recancelMs = Duration.toMillis(Duration.fromInputUnsafe(adapter.recancelInterval ?? Duration.millis(500)))
+    const deadline = (yield* Clock.currentTimeMillis) + drainMillis(m)
+    const remaining = Effect.map(Clock.currentTimeMillis, (now) => deadline - now)
+    let unconfirmed: CancelError.CancelCreateError | CancelError.CancelFailed | CancelError.CancelTimeout | undefined
+    while (t.ended === undefined) {
+      const sent = yield* Effect.exit(send)
+      if (Exit.isFailure(sent)) {
+        const failure = Option.getOrUndefined(Exit.findErrorOption(sent))
+        unconfirmed = failure ?? unconfirmed
+        if (failure !== undefined && !isTransient(failure)) {
+          // sending it again would fail the same way: retire the session now (the query may still run)
+          return yield* retire({ _tag: "CancelNotConfirmed", error: failure })
+        }
+      }
+      const left = yield* remaining
+      if (left <= 0) break
+      yield* t.await(Math.min(left, recancelMs))
+      if (t.ended === undefined && (reader.place(q) !== "head" || wire.outstanding !== 1)) {
+        yield* t.await(yield* remaining)
+        break
+      }
+    }
+    const ended = t.ended
+    if (ended === undefined) {
+      return yield* retire(
+        unconfirmed === undefined ? { _tag: "QueryDidNotEnd" } : { _tag: "CancelNotConfirmed", error: unconfirmed }
+      )
+    }
+    // a cancel whose dispatch was not confirmed may still reach the backend
+    if (unconfirmed !== undefined) return yield* retire({ _tag: "CancelNotConfirmed", error: unconfirmed })
+    if (isCanceled(ended)) return
+    if (adapter.retireUnlessCanceled === true) return yield* retire({ _tag: "NotCanceled" })
+    yield* (adapter.onNotCanceled ?? defaultNotCanceled)(ended)
+  } finally {
+    if (cancelling) wire.cancelling--
+    if (gated) wire.ungate()
+  }
+})
+
+const drainMillis = (m: Managed): number =>
+  Duration.toMillis(Duration.fromInputUnsafe(m.adapter.drainTimeout ?? Duration.seconds(5)))
+
+/**
+ * Starts the cancel of a query in the `sql`'s scope and waits for it: a cancel that is being sent to its end (bounded
+ * by `cancelTimeout` and `drainTimeout`); a query still waiting for its turn at most `drainTimeout`, then it goes on
+ * being looked after (cancelled when its turn comes) after the interruption completed.
+ */
+const startCancel = <A>(t: Tracked<A>, m: Managed): Effect.Effect<void, never, Transport> =>
+  Effect.suspend(() => {
+    if (t.cancelling) return Effect.void
+    t.cancelling = true
+    return Effect.flatMap(Effect.forkIn(cancelQuery(t, m), m.scope), (duty) =>
+      Effect.flatMap(
+        Effect.timeoutOption(Fiber.await(duty), drainMillis(m)),
+        // a cancel on its way is waited for (its own bounds); a query still waiting for its turn is left to it
+        (done) => Option.isNone(done) && t.sending ? Effect.asVoid(Fiber.await(duty)) : Effect.void
+      ))
+  })
+
+const defaultNotCanceled = (exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> =>
+  Effect.logWarning(
+    Exit.isSuccess(exit)
+      ? "pqcancel: the interrupted query completed before a cancel reached it; its effects took place"
+      : "pqcancel: the interrupted query failed by itself before a cancel reached it"
+  )
+
+const driftCheck = (m: Managed, query: object): void => {
+  if (m.checked.done) return
+  const missing = m.reader.drift(query)
+  if (missing === undefined && m.reader.place(query) === undefined) return
+  m.checked.done = true
+  if (missing !== undefined) {
+    m.checked.error = new PostgresJsAdapterError({
+      message: `postgres.js ${m.reader.version} is not supported: its internals changed (${missing})`
+    })
+  }
+}
+
 /**
  * Runs one postgres.js query (`f` builds it from `sql`, e.g. ``(sql) => sql`SELECT …` ``); when the fiber is
- * interrupted, cancels it on the server — only if the connection is running it — and waits, bounded, for it to end
- * before the interruption completes. A query that postgres.js has not written yet is emptied instead (it never
- * runs). `sql` is an instance from {@link make} or {@link reserve}.
+ * interrupted (or the query's `.signal()` aborts), cancels it on the server — only when that cannot reach another
+ * statement — and waits, bounded, for it to end before the interruption completes. A query that postgres.js has
+ * not written yet is withdrawn instead (it never runs). `sql` is an instance from {@link make} or {@link reserve}.
  *
  * @category combinators
  * @since 0.1.0
@@ -746,8 +791,10 @@ export const query = <T extends ReadonlyArray<postgres.MaybeRow>>(
     if (m.reserved?.retired === true) {
       return Effect.fail(new PostgresJsAdapterError({ message: "this reserved connection was retired" }))
     }
-    let pending: QueryInternals | undefined
-    let running: Session | undefined
+    if (m.checked.error !== undefined) return Effect.fail(m.checked.error)
+    const t = new Tracked<postgres.RowList<T>>()
+    let signalled = false
+    let abort: (() => void) | undefined
     const run = Effect.callback<postgres.RowList<T>, PostgresJsQueryError>((resume) => {
       let q: postgres.PendingQuery<T>
       try {
@@ -755,53 +802,48 @@ export const query = <T extends ReadonlyArray<postgres.MaybeRow>>(
       } catch (error) {
         return resume(Effect.fail(toQueryError(error)))
       }
-      pending = q as unknown as QueryInternals
-      q.then((rows) => resume(Effect.succeed(rows)), (error: unknown) => resume(Effect.fail(toQueryError(error))))
+      t.query = q
+      if ((q as { readonly aborts?: unknown }).aborts != null) {
+        // postgres.js 4's .signal(): its abort cancels through the adapter, not through postgres.js
+        ;(q as unknown as { cancel: () => Promise<void> }).cancel = () => {
+          if (!t.cancelling && t.ended === undefined) {
+            signalled = true
+            abort?.()
+          }
+          return Promise.resolve()
+        }
+      }
+      q.then((rows) => {
+        if (!m.checked.done) driftCheck(m, q)
+        const exit = Exit.succeed(rows)
+        t.end(exit)
+        resume(exit)
+      }, (error: unknown) => {
+        const exit = Exit.fail(toQueryError(error))
+        t.end(exit)
+        resume(exit)
+      })
     })
-    const locate = (): CancelOnInterrupt.Location => {
-      const q = pending
-      if (q === undefined) return "withdrawn"
-      if (q.state === null) {
-        withdraw(q)
-        return "withdrawn"
-      }
-      if (!q.active) return "elsewhere"
-      const session = m.sessions.get(sessionId(q.state.pid, q.state.secret))
-      if (session === undefined || session.retired) return "elsewhere"
-      running = session
-      // hold the session's reads from this very moment (not only once the cancel connects: getting there may yield
-      // to the event loop) until the cancel connection is closed
-      hold(session)
-      return "running"
-    }
-    const session = (): CancelConnection.SessionInfo => {
-      const s = running!
-      return {
-        options: s.encrypted && Result.isSuccess(m.encryptedOptions) ? m.encryptedOptions.success : m.plainOptions,
-        host: s.encrypted && s.host._tag === "Tcp" && m.servername !== undefined
-          ? { ...s.host, host: m.servername }
-          : s.host,
-        address: s.address,
-        key: s.key,
-        open: !s.socket.destroyed
-      }
-    }
-    return CancelOnInterrupt.cancelOnInterrupt(run, {
-      session,
-      locate,
-      isCanceled,
-      cancelTimeout: m.adapter.cancelTimeout,
-      drainTimeout: m.adapter.drainTimeout,
-      retry: m.adapter.retry,
-      recancelInterval: m.adapter.recancelInterval,
-      retireUnlessCanceled: m.adapter.retireUnlessCanceled,
-      onNotCanceled: m.adapter.onNotCanceled,
-      onUnsafe: () =>
-        Effect.sync(() => {
-          if (m.reserved !== undefined) m.reserved.retired = true
-          if (running !== undefined) retire(running)
-        })
-    }).pipe(Effect.updateService(Transport, (transport) => holdingTransport(transport, () => running)))
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
+        // the query runs in its own fiber, so it keeps reading the server's answer while we cancel
+        const fiber = yield* Effect.forkChild(run)
+        const onCancel = startCancel(t, m)
+        const exit = yield* restore(
+          Effect.callback<Exit.Exit<postgres.RowList<T>, PostgresJsQueryError>>((resume) => {
+            abort = () => resume(Effect.succeed(Exit.fail(aborted())))
+            const remove = fiber.addObserver((exit) => resume(Effect.succeed(exit)))
+            return Effect.sync(remove)
+          })
+        ).pipe(Effect.onInterrupt(() => Effect.andThen(onCancel, Fiber.interrupt(fiber))))
+        if (signalled && t.ended === undefined) {
+          yield* onCancel
+          yield* Fiber.interrupt(fiber)
+          return yield* aborted()
+        }
+        return yield* exit
+      })
+    )
   })
 
 /**

@@ -17,7 +17,11 @@ import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import * as Fs from "node:fs"
-import type postgres from "postgres"
+import { createRequire } from "node:module"
+import * as Path from "node:path"
+import postgres from "postgres"
+import postgres4 from "postgres4"
+import postgres41 from "postgres41"
 
 /**
  * The suite runs on Deno (scripts/runtime-tests.ts): its node:tls never checks a revocation list, so NodeTransport
@@ -188,3 +192,62 @@ export const guideTable = (guide: string, name: string): Array<string> => {
   assert.isTrue(start !== -1 && end > start, `docs/${guide} has the ${name} markers`)
   return tableCells(text.slice(start + `<!-- ${name}:start -->`.length, end))
 }
+
+/** the version in the package.json of an installed postgres.js (`postgres`, or an alias such as `postgres4`) */
+const versionOf = (specifier: string): string => {
+  let dir = Path.dirname(createRequire(import.meta.url).resolve(specifier))
+  for (;;) {
+    const file = Path.join(dir, "package.json")
+    if (Fs.existsSync(file)) {
+      const pkg = JSON.parse(Fs.readFileSync(file, "utf8")) as { readonly name?: string; readonly version: string }
+      if (pkg.name === "postgres") return pkg.version
+    }
+    dir = Path.dirname(dir)
+  }
+}
+
+/**
+ * The postgres.js versions the adapter suites run against: 3.4 (the `postgres` dev dependency), 4.1 and 4.2 (under
+ * the aliases `postgres41` and `postgres4`: 4.2 exposes the connection's queues, 4.1 does not).
+ */
+export const postgresJsDrivers: ReadonlyArray<{
+  readonly name: string
+  readonly major: 3 | 4
+  readonly driver: PostgresJsAdapter.Driver
+}> = [
+  {
+    name: `postgres.js ${versionOf("postgres")}`,
+    major: 3,
+    driver: PostgresJsAdapter.driver(postgres, versionOf("postgres"))
+  },
+  {
+    name: `postgres.js ${versionOf("postgres41")}`,
+    major: 4,
+    driver: PostgresJsAdapter.driver(postgres41, versionOf("postgres41"))
+  },
+  {
+    name: `postgres.js ${versionOf("postgres4")}`,
+    major: 4,
+    driver: PostgresJsAdapter.driver(postgres4, versionOf("postgres4"))
+  }
+]
+
+/** `PostgresJsAdapter.make` with the driver given */
+export const makeWith = (driver: PostgresJsAdapter.Driver) => {
+  function make(url: string, options?: PostgresJsAdapter.Options): ReturnType<typeof PostgresJsAdapter.make>
+  function make(options: PostgresJsAdapter.Options): ReturnType<typeof PostgresJsAdapter.make>
+  function make(urlOrOptions: string | PostgresJsAdapter.Options, options?: PostgresJsAdapter.Options) {
+    return typeof urlOrOptions === "string"
+      ? PostgresJsAdapter.make(urlOrOptions, { ...options, driver })
+      : PostgresJsAdapter.make({ ...urlOrOptions, driver })
+  }
+  return make
+}
+
+/**
+ * Options that turn postgres.js's pipelining off (a second query waits in the pool, not written): `max_pipeline: 0`
+ * for postgres.js 3 (its limit is on the queries behind the current one), `1` for postgres.js 4 (its limit is on
+ * the queries a connection has)
+ */
+export const noPipelining = (major: 3 | 4): PostgresJsAdapter.Options =>
+  ({ max_pipeline: major === 3 ? 0 : 1 }) as PostgresJsAdapter.Options

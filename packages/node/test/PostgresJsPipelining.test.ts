@@ -1,0 +1,200 @@
+/**
+ * postgres.js through the adapter with its pipelining on (3.4, 4.1, 4.2), on a real PostgreSQL 18: statements
+ * interrupted at random on one pipelined connection never cancel, fail or misdeliver another statement; 20 fibers
+ * sharing `max: 1` complete; postgres.js 4's `.signal()` cancels through the adapter, once; an unsupported driver
+ * fails at once with a typed error naming its version.
+ */
+import { assert, layer } from "@effect/vitest"
+import { Transport } from "@pqcancel/core"
+import { NodeTransport } from "@pqcancel/node"
+import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
+import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
+import * as Arbitrary from "effect/Arbitrary"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
+import { interruptedOnly, makeWith, postgresJsDrivers, postgresJsPlain, sleepingPid } from "./fixtures.ts"
+
+let counter = 0
+const appName = (): string => `pgjs-pipe-${process.pid}-${++counter}`
+
+/** postgres.js 4's `.signal()` (not in the types of the postgres.js 3 the workspace compiles against) */
+const withSignal = <Q>(query: Q, signal: AbortSignal): Q =>
+  (query as unknown as { readonly signal: (signal: AbortSignal) => Q }).signal(signal)
+
+/** NodeTransport, counting the cancel connections it opens */
+const countingTransport = () => {
+  let connections = 0
+  const layer = Layer.succeed(
+    Transport.Transport,
+    Transport.Transport.of({
+      ...NodeTransport.make,
+      connect: (request, sink) => {
+        connections++
+        return NodeTransport.make.connect(request, sink)
+      }
+    })
+  )
+  return { layer, count: () => connections }
+}
+
+// random interleavings of fibers on one pipelined connection, some interrupted at random moments
+const Step = Schema.Struct({
+  sleepMs: Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 20 })),
+  interruptAfterMs: Schema.NullOr(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 30 })))
+})
+const Scenario = Arbitrary.array(Arbitrary.schema(Step), { minLength: 2, maxLength: 12 })
+
+layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 seconds" })("PostgresJsPipelining", (it) => {
+  for (const d of postgresJsDrivers) {
+    const make = makeWith(d.driver)
+    let run = 0
+
+    it.effect.prop(
+      `random interrupts on one pipelined connection: no other statement fails, is cancelled or gets another's reply [${d.name}]`,
+      { scenario: Scenario },
+      ({ scenario }) =>
+        Effect.gen(function*() {
+          const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+          const sql = yield* make({
+            ...postgresJsPlain(cluster, appName()),
+            max: 1,
+            cancel: { onNotCanceled: () => Effect.void }
+          })
+          const check = yield* make({ ...postgresJsPlain(cluster, appName()), max: 1 })
+          const table = `pipelined_${process.pid}_${run}_${d.name.replace(/\W/g, "_")}`
+          yield* PostgresJsAdapter.query(check, (sql) => sql`CREATE TABLE ${sql(table)} (tag text, id int)`)
+          // the connection is open: postgres.js 3 writes nothing behind a connection's first query
+          yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT 1`)
+          const tag = `${d.name}-${run++}`
+          const outcomes = yield* Effect.forEach(
+            scenario,
+            (step, id) =>
+              Effect.gen(function*() {
+                const fiber = yield* PostgresJsAdapter.query(
+                  sql,
+                  (sql) =>
+                    sql`INSERT INTO ${sql(table)} SELECT ${tag}, ${id}::int FROM pg_sleep(${
+                      step.sleepMs / 1000
+                    }) RETURNING id`
+                ).pipe(Effect.forkChild)
+                if (step.interruptAfterMs === null) return { id, exit: yield* Fiber.await(fiber), presentAfter: true }
+                yield* Effect.sleep(step.interruptAfterMs) // the workload's timing, not a synchronisation
+                const exit = yield* Fiber.interrupt(fiber).pipe(Effect.andThen(Fiber.await(fiber)))
+                const present = yield* PostgresJsAdapter.query(
+                  check,
+                  (sql) => sql`SELECT 1 FROM ${sql(table)} WHERE tag = ${tag} AND id = ${id}::int`
+                )
+                return { id, exit, presentAfter: present.length > 0 }
+              }),
+            { concurrency: "unbounded" }
+          )
+          const rows = yield* PostgresJsAdapter.query(check, (sql) =>
+            sql`SELECT id FROM ${sql(table)} WHERE tag = ${tag}`)
+          const final = new Set(rows.map((r) =>
+            r.id as number
+          ))
+          for (const outcome of outcomes) {
+            const exit = outcome.exit
+            if (interruptedOnly(exit)) {
+              // absent when its interruption completed ⇒ absent for ever
+              if (!outcome.presentAfter) assert.isFalse(final.has(outcome.id), `row ${outcome.id} appeared later`)
+              continue
+            }
+            // never cancelled, never failed, and its own reply
+            assert.isTrue(
+              Exit.isSuccess(exit),
+              `statement ${outcome.id}: ${Exit.isFailure(exit) ? Cause.pretty(exit.cause) : ""}`
+            )
+            if (Exit.isSuccess(exit)) assert.deepStrictEqual(exit.value.map((r) => r.id), [outcome.id])
+            assert.isTrue(final.has(outcome.id))
+          }
+          yield* PostgresJsAdapter.query(check, (sql) => sql`DROP TABLE ${sql(table)}`)
+        }).pipe(Effect.scoped, Effect.provide(NodeTransport.layer)),
+      { timeout: 90_000, arbitrary: { runs: 12, maxShrinks: 3 } }
+    )
+
+    it.effect(`max: 1, 20 fibers × 100 short statements complete [${d.name}]`, () =>
+      Effect.gen(function*() {
+        const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+        const sql = yield* make({ ...postgresJsPlain(cluster, appName()), max: 1 })
+        const sums = yield* Effect.forEach(
+          Array.from({ length: 20 }, (_, fiber) => fiber),
+          (fiber) =>
+            Effect.gen(function*() {
+              let sum = 0
+              for (let i = 0; i < 100; i++) {
+                const rows = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT ${fiber * 1000 + i}::int AS n`)
+                sum += rows[0]!.n as number
+              }
+              return sum
+            }),
+          { concurrency: "unbounded" }
+        ).pipe(Effect.timeout("60 seconds"))
+        assert.deepStrictEqual(sums, Array.from({ length: 20 }, (_, f) => f * 100_000 + 4950))
+      }).pipe(Effect.scoped, Effect.provide(NodeTransport.layer)))
+
+    if (d.major === 4) {
+      it.effect(`.signal(): an abort cancels through the adapter (57014); abort and interrupt cancel once [${d.name}]`, () =>
+        Effect.gen(function*() {
+          const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+          const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+          const counting = countingTransport()
+          const app = appName()
+          const sql = yield* make({ ...postgresJsPlain(cluster, app), max: 1 })
+          // an abort alone: the query fails with 57014, the backend is idle again
+          const controller = new AbortController()
+          const fiber = yield* PostgresJsAdapter.query(
+            sql,
+            (sql) => withSignal(sql`SELECT pg_sleep(60)`, controller.signal)
+          ).pipe(Effect.provide(counting.layer), Effect.forkChild)
+          const pid = yield* sleepingPid(monitor, app)
+          controller.abort()
+          const exit = yield* Fiber.await(fiber)
+          assert.isTrue(Exit.isFailure(exit))
+          const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
+          assert.strictEqual((error as { readonly code?: string }).code, "57014")
+          yield* TestSession.waitUntilIdle(monitor, pid)
+          assert.strictEqual(counting.count(), 1)
+          // an abort, then an interrupt: one cancel
+          const second = new AbortController()
+          const other = yield* PostgresJsAdapter.query(
+            sql,
+            (sql) => withSignal(sql`SELECT pg_sleep(60)`, second.signal)
+          ).pipe(Effect.provide(counting.layer), Effect.forkChild)
+          yield* sleepingPid(monitor, app)
+          second.abort()
+          yield* Fiber.interrupt(other)
+          yield* TestSession.waitUntilIdle(monitor, pid)
+          assert.strictEqual(counting.count(), 2)
+          const rows = yield* PostgresJsAdapter.query(sql, (sql) => sql`SELECT pg_backend_pid() AS pid`)
+          assert.strictEqual(rows[0]!.pid, pid)
+        }).pipe(Effect.scoped, Effect.provide(NodeTransport.layer)))
+    }
+
+    it.effect(`an unsupported version or a driver of another shape fails at once with a typed error [${d.name}]`, () =>
+      Effect.gen(function*() {
+        const future = yield* Effect.exit(
+          PostgresJsAdapter.make({ host: "127.0.0.1", driver: PostgresJsAdapter.driver(d.driver.postgres, "5.0.0") })
+        )
+        assert.isTrue(Exit.isFailure(future))
+        const error = Exit.isFailure(future) ? Cause.squash(future.cause) : undefined
+        assert.strictEqual((error as { readonly _tag?: string })._tag, "PostgresJsAdapterError")
+        assert.include(String((error as { readonly message?: string }).message), "postgres.js 5.0.0 is not supported")
+        const other = yield* Effect.exit(
+          PostgresJsAdapter.make({
+            host: "127.0.0.1",
+            driver: PostgresJsAdapter.driver(() => ({ options: {} }), d.driver.version)
+          })
+        )
+        assert.isTrue(Exit.isFailure(other))
+        assert.include(
+          String(Exit.isFailure(other) ? Cause.squash(other.cause) : ""),
+          `postgres.js ${d.driver.version} is not supported`
+        )
+      }).pipe(Effect.scoped))
+  }
+})
