@@ -1,7 +1,8 @@
 /**
- * Type-checks every ```ts example in the sources' JSDoc, in README.md and in the guides (every .md under docs/): each block
- * becomes a module under build/examples/ and `tsc` checks them all against the workspace packages. Run by
- * `pnpm check`.
+ * Type-checks every ```ts example in the sources' JSDoc, in README.md and in the guides (every .md under docs/): each
+ * block becomes a module under build/examples/ and `tsc` checks them all against the workspace packages. Also checks
+ * that every module of the published packages opens with an overview marked `@module` (the API site shows it). Run
+ * by `pnpm check`.
  */
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
@@ -22,6 +23,18 @@ for (const file of Fs.readdirSync(Path.join(root, "docs"), { recursive: true, en
 for (const pkg of Fs.readdirSync(Path.join(root, "packages"))) {
   const src = Path.join("packages", pkg, "src")
   for (const file of Fs.readdirSync(Path.join(root, src))) if (file.endsWith(".ts")) sources.push(Path.join(src, file))
+}
+
+// every module of the published packages opens with its overview, marked `@module` so that TypeDoc shows it (and
+// its example) on the module's page of the API site (test-utils is private: not on the site)
+const noOverview = sources.filter((source) => {
+  if (!source.endsWith(".ts") || source.endsWith("index.ts") || source.includes("test-utils")) return false
+  const overview = /^\/\*\*[\s\S]*?\*\//.exec(Fs.readFileSync(Path.join(root, source), "utf8"))?.[0]
+  return overview?.includes("@module") !== true
+})
+if (noOverview.length > 0) {
+  console.error(`examples: no overview comment with @module at the top of ${noOverview.join(", ")}`)
+  process.exit(1)
 }
 
 let count = 0

@@ -22,6 +22,7 @@
  * const program = CancelConnection.cancel(session).pipe(Effect.provide(CloudflareTransport.layer))
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import type { CancelMachine, ConnectionOptions } from "@pqcancel/core"

@@ -71,6 +71,7 @@
  * ).pipe(Effect.timeout("1 second")) // interrupted ⇒ cancelled on the server, the interruption waits for its end
  * ```
  *
+ * @module
  * @since 0.2.0
  */
 import * as Effect from "effect/Effect"

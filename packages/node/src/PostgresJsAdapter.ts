@@ -145,7 +145,7 @@ export interface AdapterOptions {
 
 /**
  * The cancel's options for an encrypted postgres.js session, from its `ssl` and `sslnegotiation` option values (the
- * README's table "postgres.js `ssl` and the cancel"): never weaker than the session. `require` / `allow` / `prefer`
+ * table in docs/adapters/postgres-js.md): never weaker than the session. `require` / `allow` / `prefer`
  * ⇒ `require`; `true` / `"verify-full"` ⇒ `verify-full` against Node's roots (`sslrootcert=system`); a `tls` options
  * object ⇒ `verify-full` with its `ca`, `cert`, `key`, `passphrase`, `crl` as in-memory material (`require` with
  * `rejectUnauthorized: false`, `verify-ca` with a custom `checkServerIdentity`); `sslnegotiation: "direct"` ⇒ direct.

@@ -1,6 +1,6 @@
 /**
- * postgres.js's `ssl` option → the cancel's TLS options (README: "postgres.js `ssl` and the cancel"): never weaker
- * than what the session verifies, and always valid libpq options.
+ * postgres.js's `ssl` option → the cancel's TLS options (docs/adapters/postgres-js.md: "postgres.js ssl and the
+ * cancel"): never weaker than what the session verifies, and always valid libpq options.
  */
 import { assert, describe, it } from "@effect/vitest"
 import type { ConnectionOptions } from "@pqcancel/core"

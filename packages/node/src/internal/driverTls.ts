@@ -157,7 +157,8 @@ export const fromTlsObject = (ssl: Readonly<Record<string, unknown>>): Result.Re
 
 /**
  * The cancel's settings for an encrypted postgres.js session, from its `ssl` and `sslnegotiation` options (the
- * README's table): `"require"` / `"allow"` / `"prefer"` (postgres.js sets `rejectUnauthorized: false`) ⇒ `require`;
+ * table in docs/adapters/postgres-js.md): `"require"` / `"allow"` / `"prefer"` (postgres.js sets
+ * `rejectUnauthorized: false`) ⇒ `require`;
  * `true`, `"verify-full"` or any other string (postgres.js leaves Node's defaults: chain and host name against
  * Node's roots) ⇒ `verify-full` with `sslrootcert=system`; an options object ⇒ {@link fromTlsObject};
  * `sslnegotiation: "direct"` ⇒ direct. A plaintext session (no `ssl`, or `prefer` refused by the server) cancels
