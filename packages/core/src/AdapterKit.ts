@@ -14,10 +14,11 @@
  * 1. Read the driver's private state in **one** internal module per driver (`packages/node/src/internal/<driver>.ts`)
  *    and check what you read (types, cross-checks against public facts) so that a changed driver fails with a typed
  *    error naming the driver version, never a wrong key or address.
- * 2. `target(connection)`: the connection's cancel target (its {@link CancelConnection.SessionInfo}: options, host
+ * 2. `target(connection, options)`: the connection's cancel target (its {@link CancelConnection.SessionInfo}: options, host
  *    entry, the socket's actual remote address, the backend key as `Redacted`). The kit calls it the first time it
  *    sees a connection (its first statement) and caches the result in a `WeakMap` keyed by the connection object, so
- *    it runs **once per physical connection**: key the port on the driver object that lives as long as the physical
+ *    it runs **once per physical connection** (`options`, when defined, are the cancel's `ConnectionOptions` the
+ *    user gave the adapter: use them instead of deriving them; the kit caches per options object too): key the port on the driver object that lives as long as the physical
  *    connection (e.g. sql-pg's unpinned base connection, not a pinned view). A failure fails that statement before it
  *    runs (it could not be cancelled) and is not cached.
  * 3. `locate(connection, statement)`: called only after an interruption, then again before every repeated cancel.
@@ -74,9 +75,10 @@
  * @module
  * @since 0.2.0
  */
+import type * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import type * as Exit from "effect/Exit"
-import type * as Fiber from "effect/Fiber"
+import * as Fiber from "effect/Fiber"
 import * as Result from "effect/Result"
 import type * as Scope from "effect/Scope"
 import type * as CancelConnection from "./CancelConnection.ts"
@@ -96,8 +98,14 @@ import type { Transport } from "./Transport.ts"
 export interface DriverPort<Conn extends object, Stmt, E> {
   /** the driver and its version as errors name it, e.g. `pg 8.23.1` */
   readonly driver: string
-  /** the connection's cancel target; called once per physical connection (on its first statement), cached */
-  readonly target: (connection: Conn) => Result.Result<CancelConnection.SessionInfo, E>
+  /**
+   * the connection's cancel target; called once per physical connection (on its first statement), cached. `options`
+   * are the cancel's `ConnectionOptions` when the adapter was given them (else the port derives them)
+   */
+  readonly target: (
+    connection: Conn,
+    options: ConnectionOptions | undefined
+  ) => Result.Result<CancelConnection.SessionInfo, E>
   /** where an interrupted statement is; called only after an interruption (see the module documentation) */
   readonly locate: (
     connection: Conn,
@@ -158,8 +166,10 @@ export interface AdapterKit<Conn extends object, Stmt, E> {
 }
 
 interface Targets {
-  readonly base: CancelConnection.SessionInfo
-  byOptions: WeakMap<ConnectionOptions, CancelConnection.SessionInfo> | undefined
+  /** the target with the options the port derives */
+  derived: CancelConnection.SessionInfo | undefined
+  /** the target with options an adapter was given, per options object */
+  given: WeakMap<ConnectionOptions, CancelConnection.SessionInfo> | undefined
 }
 
 /**
@@ -206,25 +216,23 @@ class Pending<A, EA> {
 export const make = <Conn extends object, Stmt, E>(port: DriverPort<Conn, Stmt, E>): AdapterKit<Conn, Stmt, E> => {
   const targets = new WeakMap<Conn, Targets>()
 
-  const target = (
-    connection: Conn,
-    options?: ConnectionOptions
-  ): Result.Result<CancelConnection.SessionInfo, E> => {
+  const target = (connection: Conn, options?: ConnectionOptions): Result.Result<CancelConnection.SessionInfo, E> => {
     let cached = targets.get(connection)
+    if (options === undefined && cached?.derived !== undefined) return Result.succeed(cached.derived)
+    const known = options === undefined ? undefined : cached?.given?.get(options)
+    if (known !== undefined) return Result.succeed(known)
+    // a physical connection's address and key, read once: another options object only changes the options
+    const read = options !== undefined && cached?.derived !== undefined
+      ? Result.succeed({ ...cached.derived, options })
+      : port.target(connection, options)
+    if (Result.isFailure(read)) return read
     if (cached === undefined) {
-      const read = port.target(connection)
-      if (Result.isFailure(read)) return read
-      cached = { base: read.success, byOptions: undefined }
+      cached = { derived: undefined, given: undefined }
       targets.set(connection, cached)
     }
-    if (options === undefined || options === cached.base.options) return Result.succeed(cached.base)
-    const byOptions = cached.byOptions ??= new WeakMap()
-    let session = byOptions.get(options)
-    if (session === undefined) {
-      session = { ...cached.base, options }
-      byOptions.set(options, session)
-    }
-    return Result.succeed(session)
+    if (options === undefined) cached.derived = read.success
+    else (cached.given ??= new WeakMap()).set(options, read.success)
+    return read
   }
 
   // read only after an interruption
@@ -256,10 +264,15 @@ export const make = <Conn extends object, Stmt, E>(port: DriverPort<Conn, Stmt, 
       if (Result.isFailure(session)) return resume(Effect.fail(session.failure))
       const pending = new Pending<A, EA>(resume)
       const stmt = start(pending.done)
+      // the services the statement was run with (its Transport): the interruption runs after the fiber left them
+      const context = Fiber.getCurrent()!.context as Context.Context<Transport>
       return Effect.suspend(() =>
         pending.exit !== undefined
           ? Effect.void
-          : Interruption.afterInterrupt(pending.handle(), settings(connection, stmt, session.success, policy))
+          : Effect.provideContext(
+            Interruption.afterInterrupt(pending.handle(), settings(connection, stmt, session.success, policy)),
+            context
+          )
       )
     })
 

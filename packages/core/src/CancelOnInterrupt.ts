@@ -11,7 +11,8 @@
  * 2. sends a CancelRequest over the session's own encryption (sslmode, sslnegotiation) and waits, bounded, until
  *    the server has closed the cancel connection — so the signal was issued before anything else happens — or until
  *    the query itself has ended cancelled (`isCanceled`: the session's SQLSTATE 57014 confirms the cancel, the cancel
- *    connection is then finished without waiting for the server's close). Transient failures (refused, reset,
+ *    connection is then finished without waiting for the server's close — except with `retireUnlessCanceled`, as a
+ *    pooler may end the session when its cancel connection is closed early). Transient failures (refused, reset,
  *    timeout) are retried with `retry`;
  * 3. waits, bounded by `drainTimeout`, for the query itself to end (normally with SQLSTATE 57014). While it still
  *    runs, the cancel is sent again every `recancelInterval`: a CancelRequest that reaches the backend before it has

@@ -52,23 +52,22 @@
  * @since 0.1.0
  */
 import type { CancelConnection } from "@pqcancel/core"
-import { type CancelFailed, type CancelTimeout, InvalidOption } from "@pqcancel/core/CancelError"
-import * as CancelOnInterrupt from "@pqcancel/core/CancelOnInterrupt"
+import * as AdapterKit from "@pqcancel/core/AdapterKit"
+import { InvalidOption } from "@pqcancel/core/CancelError"
+import type * as CancelOnInterrupt from "@pqcancel/core/CancelOnInterrupt"
 import * as ConnectionOptions from "@pqcancel/core/ConnectionOptions"
 import type { Transport } from "@pqcancel/core/Transport"
-import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Result from "effect/Result"
-import type * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
-import * as Semaphore from "effect/Semaphore"
 import * as Net from "node:net"
 import pg from "pg"
 import { isWeakerSslmode, sslMaterialOf } from "./internal/driverTls.ts"
+import * as NodePostgres from "./internal/nodePostgres.ts"
 
 /**
  * A query failed on the server (or the client broke). `code` is the SQLSTATE when the server sent one.
@@ -93,6 +92,21 @@ export class PgNotConnected
   extends Schema.TaggedError<PgNotConnected>("@pqcancel/node/PgAdapter/PgNotConnected")("PgNotConnected", {
     message: Schema.String
   })
+{}
+
+/**
+ * node-postgres' private state (the cancel key, the socket, the query queues) is not where or what this adapter
+ * expects (a changed `pg`): the cancel key or the running query cannot be read safely, so the query is not run. The
+ * message names the installed `pg` version.
+ *
+ * @category errors
+ * @since 0.2.0
+ */
+export class PgInternalsChanged
+  extends Schema.TaggedError<PgInternalsChanged>("@pqcancel/node/PgAdapter/PgInternalsChanged")(
+    "PgInternalsChanged",
+    { message: Schema.String }
+  )
 {}
 
 const toQueryError = (error: unknown): PgQueryError =>
@@ -120,35 +134,6 @@ export const connect = (config: pg.ClientConfig): Effect.Effect<pg.Client, PgQue
     }),
     (client) => Effect.promise(() => client.end().catch(() => undefined))
   )
-
-/**
- * node-postgres' private state, read in this one place: the cancel key (`processID`, `secretKey`), the running
- * query and the queues (`_activeQuery`, `_queryQueue`, `_sentQueryQueue` in pg ≥ 8.16; `activeQuery`, `queryQueue`
- * before).
- */
-interface PgPrivate {
-  readonly processID?: number | null
-  readonly secretKey?: number | null
-  readonly sslNegotiation?: string
-  readonly _activeQuery?: unknown
-  readonly activeQuery?: unknown
-  readonly _queryQueue?: Array<unknown>
-  readonly queryQueue?: Array<unknown>
-  readonly _sentQueryQueue?: Array<unknown>
-}
-
-const privateState = (client: pg.Client) => {
-  const p = client as unknown as PgPrivate
-  const underscored = "_activeQuery" in p // pg ≥ 8.16 warns on the old names
-  return {
-    processID: p.processID,
-    secretKey: p.secretKey,
-    sslNegotiation: p.sslNegotiation === "direct" ? "direct" as const : "postgres" as const,
-    activeQuery: underscored ? p._activeQuery : p.activeQuery,
-    queue: (underscored ? p._queryQueue : p.queryQueue) ?? [],
-    sent: p._sentQueryQueue ?? []
-  }
-}
 
 const invalid = (message: string) => Result.fail(new InvalidOption({ message }))
 
@@ -219,7 +204,7 @@ const optionsFromClientResult = (
     hostaddr: !unix && Net.isIP(client.host) !== 0 && verifiedName(client) !== client.host ? client.host : undefined,
     port: String(client.port),
     sslmode,
-    sslnegotiation: sslmode === "disable" ? "postgres" : privateState(client).sslNegotiation,
+    sslnegotiation: sslmode === "disable" ? "postgres" : NodePostgres.sslNegotiationOf(client),
     gssencmode: "disable",
     sslrootcert: sslmode === "verify-full" && material?.ca === undefined ? "system" : undefined
   }
@@ -247,90 +232,64 @@ const optionsFromClientResult = (
 export const sessionInfo = (
   client: pg.Client,
   options: ConnectionOptions.ConnectionOptions
-): Effect.Effect<CancelConnection.SessionInfo, PgNotConnected> =>
-  Effect.suspend((): Effect.Effect<CancelConnection.SessionInfo, PgNotConnected> => {
-    const { processID, secretKey } = privateState(client)
-    const stream = client.connection.stream
-    if (processID == null || secretKey == null || !(stream instanceof Net.Socket) || stream.destroyed) {
-      return Effect.fail(new PgNotConnected({ message: "connection not open" }))
-    }
-    const secret = new Uint8Array(4)
-    new DataView(secret.buffer).setInt32(0, secretKey)
-    const key = { pid: processID, secret: Redacted.make(secret), protocolVersion: "3.0" as const }
-    if (client.host.startsWith("/")) {
-      return Effect.succeed({
-        options,
-        host: { _tag: "Unix", directory: client.host, port: client.port },
-        address: { _tag: "Unix", path: `${client.host}/.s.PGSQL.${client.port}` },
-        key
+): Effect.Effect<CancelConnection.SessionInfo, PgNotConnected | PgInternalsChanged> =>
+  Effect.suspend(() => Effect.fromResult(sessionInfoResult(client, options)))
+
+const notConnected = new PgNotConnected({ message: "connection not open" })
+
+const sessionInfoResult = (
+  client: pg.Client,
+  options: ConnectionOptions.ConnectionOptions
+): Result.Result<CancelConnection.SessionInfo, PgNotConnected | PgInternalsChanged> => {
+  const read = NodePostgres.readConnection(client)
+  if (read._tag === "NotConnected") return Result.fail(notConnected)
+  if (read._tag === "Changed") {
+    return Result.fail(
+      new PgInternalsChanged({
+        message:
+          `pg ${NodePostgres.pgVersion}: internals changed (pqcancel reads them as of pg 8.11–8.23): ${read.what}`
       })
-    }
-    const address = stream.remoteAddress
-    if (address === undefined || stream.remotePort === undefined) {
-      return Effect.fail(new PgNotConnected({ message: "connection not open" }))
-    }
-    const name = verifiedName(client)
-    return Effect.succeed({
+    )
+  }
+  const { processID, secretKey, stream } = read.facts
+  const secret = new Uint8Array(4)
+  new DataView(secret.buffer).setInt32(0, secretKey)
+  const key = {
+    pid: processID,
+    secret: Redacted.make(secret, { label: "CancelKey.secret" }),
+    protocolVersion: "3.0" as const
+  }
+  if (client.host.startsWith("/")) {
+    return Result.succeed({
       options,
-      host: { _tag: "Tcp", host: name, hostaddr: name === client.host ? undefined : client.host, port: client.port },
-      address: { _tag: "Tcp", address, port: stream.remotePort, family: stream.remoteFamily === "IPv6" ? 6 : 4 },
+      host: { _tag: "Unix", directory: client.host, port: client.port },
+      address: { _tag: "Unix", path: `${client.host}/.s.PGSQL.${client.port}` },
       key
     })
+  }
+  const address = stream.remoteAddress
+  if (address === undefined || stream.remotePort === undefined) return Result.fail(notConnected)
+  const name = verifiedName(client)
+  return Result.succeed({
+    options,
+    host: { _tag: "Tcp", host: name, hostaddr: name === client.host ? undefined : client.host, port: client.port },
+    address: { _tag: "Tcp", address, port: stream.remotePort, family: stream.remoteFamily === "IPv6" ? 6 : 4 },
+    key
   })
+}
 
 /**
- * How {@link query} cancels: the bounds and retries of `cancelOnInterrupt`, and the pooler option.
+ * How {@link query} cancels: the policy every adapter shares ({@link CancelOnInterrupt.Policy}: `cancelTimeout`,
+ * `drainTimeout`, `retry`, `recancelInterval`, `retireUnlessCanceled`, `onNotCanceled`). When the interrupted query
+ * does not end in time, or its cancel cannot be confirmed, the client is ended.
  *
  * @category models
  * @since 0.1.0
  */
-export interface QueryOptions {
-  /** bound on sending one cancel, retries included (default: connect_timeout, else 5 s) */
-  readonly cancelTimeout?: Duration.Input | undefined
-  /** bound on waiting for the interrupted query to end (default 5 s); the client is ended when it does not */
-  readonly drainTimeout?: Duration.Input | undefined
-  /** when to send a cancel again after a transient failure (default: exponential from 20 ms, within the bound) */
-  readonly retry?: Schedule.Schedule<unknown, CancelFailed | CancelTimeout> | undefined
-  /** while the cancelled query still runs, send the cancel again after this long (default 500 ms) */
-  readonly recancelInterval?: Duration.Input | undefined
-  /**
-   * end the client unless the interrupted query ended with SQLSTATE 57014: set it when the client talks to
-   * PostgreSQL through a pooler or proxy (PgBouncer, pgcat, RDS Proxy…) that closes the cancel connection before it
-   * forwards the request, so a late cancel could hit the next query
-   */
-  readonly retireUnlessCanceled?: boolean | undefined
-  /** a cancel was sent but the query completed (or failed by itself) first; default: a warning in the log */
-  readonly onNotCanceled?: ((exit: Exit.Exit<unknown, unknown>) => Effect.Effect<void>) | undefined
-}
-
-// the options derived from a client, once per client (its host, port and ssl do not change once connected)
-const derived = new WeakMap<pg.Client, ConnectionOptions.ConnectionOptions>()
-const derivedOptions = (client: pg.Client): Effect.Effect<ConnectionOptions.ConnectionOptions, InvalidOption> =>
-  Effect.suspend(() => {
-    const cached = derived.get(client)
-    if (cached !== undefined) return Effect.succeed(cached)
-    return Effect.tap(optionsFromClient(client), (options) => Effect.sync(() => derived.set(client, options)))
-  })
-
-// one queue per client: the adapter's queries on a client run one at a time
-const locks = new WeakMap<pg.Client, Semaphore.Semaphore>()
-const lockOf = (client: pg.Client): Semaphore.Semaphore => {
-  let lock = locks.get(client)
-  if (lock === undefined) {
-    lock = Semaphore.makeUnsafe(1)
-    locks.set(client, lock)
-  }
-  return lock
-}
+export type QueryOptions = CancelOnInterrupt.Policy
 
 // clients the adapter ended because they might still run a query or receive a late cancel
 const retired = new WeakSet<pg.Client>()
-
-const retire = (client: pg.Client): Effect.Effect<void> =>
-  Effect.suspend(() => {
-    retired.add(client)
-    return Effect.promise(() => client.end().catch(() => undefined))
-  })
 
 /**
  * Whether the adapter ended this client because it was unsafe (a query that did not end, a cancel that was not
@@ -354,10 +313,89 @@ export const isCanceled = (exit: Exit.Exit<unknown, unknown>): boolean => {
 }
 
 /**
+ * The adapter's own queue of one client: its queries run on the client one at a time, so a query interrupted while
+ * it waits is never written, and the running one keeps the client until its interruption is over.
+ */
+interface Turn {
+  busy: boolean
+  readonly waiting: Array<() => void>
+}
+
+const turns = new WeakMap<pg.Client, Turn>()
+
+const turnOf = (client: pg.Client): Turn => {
+  let turn = turns.get(client)
+  if (turn === undefined) {
+    turn = { busy: false, waiting: [] }
+    turns.set(client, turn)
+  }
+  return turn
+}
+
+const release = (turn: Turn): void => {
+  const next = turn.waiting.shift()
+  if (next === undefined) turn.busy = false
+  else next()
+}
+
+/** One query of the adapter: waiting for its turn (`write` set), or given to the client (`query` set) */
+interface PgStatement {
+  readonly turn: Turn
+  write: (() => void) | undefined
+  query: pg.Submittable | undefined
+  /** its interruption holds the turn until it is over (the query's end does not release it) */
+  holding: boolean
+}
+
+const holdTurn = (statement: PgStatement) =>
+  Effect.as(
+    Effect.addFinalizer(() => Effect.sync(() => release(statement.turn))),
+    "running" as const
+  )
+
+const locate = (
+  client: pg.Client,
+  statement: PgStatement
+): CancelOnInterrupt.Location | Effect.Effect<CancelOnInterrupt.Location, never, Scope.Scope> => {
+  if (statement.query === undefined) {
+    // still waiting for its turn: it will never be written
+    const at = statement.write === undefined ? -1 : statement.turn.waiting.indexOf(statement.write)
+    if (at !== -1) statement.turn.waiting.splice(at, 1)
+    return "withdrawn"
+  }
+  const where = NodePostgres.locateQuery(client, statement.query)
+  if (where === "withdrawn") release(statement.turn) // taken out of the client's queue: it never calls back
+  if (where !== "running" || statement.holding) return where
+  // no next query is written until the cancel was dispatched and this one ended
+  statement.holding = true
+  return holdTurn(statement)
+}
+
+// the node-postgres driver port of the adapter kit: a client's cancel target is read on its first query (with the
+// options given or derived from the client), the running query and the queues only after an interruption
+const kit = AdapterKit.make<pg.Client, PgStatement, PgNotConnected | PgInternalsChanged | InvalidOption>({
+  driver: `pg ${NodePostgres.pgVersion}`,
+  target: (client, options) => {
+    if (options !== undefined) return sessionInfoResult(client, options)
+    const derived = optionsFromClientResult(client, {})
+    return Result.isFailure(derived) ? Result.fail(derived.failure) : sessionInfoResult(client, derived.success)
+  },
+  locate,
+  retire: (client) =>
+    Effect.suspend(() => {
+      retired.add(client)
+      return Effect.promise(() => client.end().catch(() => undefined))
+    }),
+  isRetired,
+  isCanceled
+})
+
+/**
  * Runs a query; if the fiber is interrupted, cancels it on the server and waits for it to end before the
  * interruption completes. If that cannot be confirmed, the client is ended so it is never reused. Safe on a client
  * shared by many fibers: see the module documentation. `options` are the cancel's connection options; `undefined`
- * derives them from the client ({@link optionsFromClient}).
+ * derives them from the client ({@link optionsFromClient}). A query that is never interrupted costs a few closures:
+ * the client's cancel target is read once, on its first query.
  *
  * @category combinators
  * @since 0.1.0
@@ -367,49 +405,33 @@ export const query = <R extends pg.QueryResultRow = pg.QueryResultRow>(
   options: ConnectionOptions.ConnectionOptions | undefined,
   text: string,
   values?: ReadonlyArray<unknown>,
-  queryOptions?: QueryOptions
-): Effect.Effect<pg.QueryResult<R>, PgQueryError | PgNotConnected | InvalidOption, Transport> =>
-  lockOf(client).withPermits(1)(
-    Effect.flatMap(
-      options === undefined
-        ? Effect.flatMap(derivedOptions(client), (o) => sessionInfo(client, o))
-        : sessionInfo(client, options),
-      (session) => {
-        // the query object is created when the query fiber runs; `locate` may withdraw it before
-        let submitted: pg.Submittable | undefined
-        let withdrawn = false
-        const run = Effect.callback<pg.QueryResult<R>, PgQueryError>((resume) => {
-          if (withdrawn) return
-          submitted = new pg.Query<R>(text, values === undefined ? undefined : [...values], (error, result) => {
-            resume(error === undefined || error === null ? Effect.succeed(result) : Effect.fail(toQueryError(error)))
-          })
-          client.query(submitted)
-        })
-        const locate = (): CancelOnInterrupt.Location => {
-          if (submitted === undefined) {
-            withdrawn = true
-            return "withdrawn"
-          }
-          const state = privateState(client)
-          if (state.activeQuery === submitted) return state.sent.length === 0 ? "running" : "elsewhere"
-          const index = state.queue.indexOf(submitted)
-          if (index !== -1) {
-            // still in node-postgres' queue (behind a query issued outside the adapter): it will never be written
-            state.queue.splice(index, 1)
-            return "withdrawn"
-          }
-          return "elsewhere"
-        }
-        return CancelOnInterrupt.cancelOnInterrupt(run, {
-          session,
-          locate,
-          isCanceled,
-          onUnsafe: () => retire(client),
-          ...queryOptions
-        })
-      }
-    )
-  )
+  queryOptions?: CancelOnInterrupt.Policy
+): Effect.Effect<
+  pg.QueryResult<R>,
+  PgQueryError | PgNotConnected | PgInternalsChanged | InvalidOption,
+  Transport
+> =>
+  kit.statement<pg.QueryResult<R>, PgQueryError>(client, queryOptions, (done) => {
+    const turn = turnOf(client)
+    const statement: PgStatement = { turn, write: undefined, query: undefined, holding: false }
+    const write = () => {
+      statement.write = undefined
+      const submitted = new pg.Query<R>(text, values === undefined ? undefined : [...values], (error, result) => {
+        if (!statement.holding) release(turn)
+        done(error === undefined || error === null ? Exit.succeed(result) : Exit.fail(toQueryError(error)))
+      })
+      statement.query = submitted
+      client.query(submitted)
+    }
+    if (turn.busy) {
+      statement.write = write
+      turn.waiting.push(write)
+    } else {
+      turn.busy = true
+      write()
+    }
+    return statement
+  }, options)
 
 // ---------------------------------------------------------------------------------------------------------------------
 // pg.Pool
@@ -514,6 +536,9 @@ export const poolQuery = <R extends pg.QueryResultRow = pg.QueryResultRow>(
   options: ConnectionOptions.ConnectionOptions | undefined,
   text: string,
   values?: ReadonlyArray<unknown>,
-  queryOptions?: QueryOptions
-): Effect.Effect<pg.QueryResult<R>, PgQueryError | PgNotConnected | InvalidOption, Transport> =>
-  withPoolClient(pool, (client) => query<R>(client, options, text, values, queryOptions))
+  queryOptions?: CancelOnInterrupt.Policy
+): Effect.Effect<
+  pg.QueryResult<R>,
+  PgQueryError | PgNotConnected | PgInternalsChanged | InvalidOption,
+  Transport
+> => withPoolClient(pool, (client) => query<R>(client, options, text, values, queryOptions))

@@ -115,8 +115,9 @@ const interrupted = Effect.fnUntraced(function*<A, E>(statement: Statement<A, E>
   const retry = (settings.retry ?? defaultRetry).pipe(Schedule.upTo({ duration: cancelTimeout }))
   const isCanceled = settings.isCanceled
   // the session's own 57014 confirms the cancel: once the statement ended cancelled, the cancel connection is
-  // finished (not waited for) and no other cancel of ours is in flight
-  const confirmed: Effect.Effect<Raced> | undefined = isCanceled === undefined
+  // finished (not waited for) and no other cancel of ours is in flight. Not behind a pooler (retireUnlessCanceled):
+  // PgBouncer 1.18 drops the client's session when the cancel connection is closed before it answered
+  const confirmed: Effect.Effect<Raced> | undefined = isCanceled === undefined || settings.retireUnlessCanceled === true
     ? undefined
     : Effect.flatMap(
       statement.await,
