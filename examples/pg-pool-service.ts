@@ -19,7 +19,12 @@ import * as Redacted from "effect/Redacted"
 import pg from "pg"
 import * as Database from "./Database.ts"
 
-type Failure = PgAdapter.PgQueryError | PgAdapter.PgNotConnected | CancelError.InvalidOption | Cause.TimeoutError
+type Failure =
+  | PgAdapter.PgQueryError
+  | PgAdapter.PgNotConnected
+  | PgAdapter.PgInternalsChanged
+  | CancelError.InvalidOption
+  | Cause.TimeoutError
 
 /** The application's database: a query with a time budget. */
 class Db extends Context.Service<Db, {
