@@ -170,88 +170,119 @@ layer(RunnersLive, { excludeTestServices: true, concurrent: false, timeout: "90 
       assert.strictEqual(cancelledLines((yield* cluster.logs).slice(logSince)).length, 0, "no statement was cancelled")
     }))
 
-  it.effect("a shard moves while a statement runs (its runner shuts down); then the new owner dies mid-statement", () =>
-    Effect.gen(function*() {
-      const { caller, worker } = yield* Runners
-      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
-      const monitor = yield* monitorOf(cluster)
-      const other = yield* spawnRunner({ ...base(cluster), name: "C", group: "worker" })
-      // C serves some entity once the shards were rebalanced between B and C
-      const appOf = (pid: unknown) =>
-        monitor.query(`SELECT application_name FROM pg_stat_activity WHERE pid = ${Number(pid)}`).pipe(
-          Effect.map((r) => (r._tag === "Ok" ? r.rows[0]?.[0] : undefined))
+  it.effect(
+    "shards move while statements run (their runner shuts down): an entity's and a workflow activity's end with 57014, " +
+      "the survivor serves the entity and resumes the workflow, whose activity runs again cleanly; then the survivor " +
+      "dies mid-statement",
+    () =>
+      Effect.gen(function*() {
+        const { caller, worker } = yield* Runners
+        const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+        const monitor = yield* monitorOf(cluster)
+        const other = yield* spawnRunner({ ...base(cluster), name: "C", group: "worker" })
+        const appOf = (pid: unknown) =>
+          monitor.query(`SELECT application_name FROM pg_stat_activity WHERE pid = ${Number(pid)}`).pipe(
+            Effect.map((r) => (r._tag === "Ok" ? r.rows[0]?.[0] : undefined))
+          )
+        // an entity id served by `app` (through the node-postgres pools: the SqlPgAdapter pool may be busy)
+        const entityOn = (app: string, prefix: string) =>
+          Effect.gen(function*() {
+            for (let i = 0;; i++) {
+              const entity = `${prefix}-${i % 64}`
+              if ((yield* appOf((yield* get(caller, `/pid?kind=pg&entity=${entity}`)).pid)) === app) return entity
+            }
+          }).pipe(Effect.timeout("30 seconds"))
+        // C serves some entity once the shards were rebalanced between B and C
+        yield* entityOn("C-pg", "probe")
+
+        const sinceB = worker.events.length
+        const sinceC = other.events.length
+        const logSince = yield* cluster.logSize
+        const hostOf = (event: string) =>
+          Effect.raceFirst(
+            Effect.map(worker.waitFor((e) => e.event === event, { since: sinceB }), (e) => [worker, e] as const),
+            Effect.map(other.waitFor((e) => e.event === event, { since: sinceC }), (e) => [other, e] as const)
+          )
+        // a workflow whose activity sleeps 60 s the first time it runs, 0.05 s when it runs again
+        const { executionId } = yield* get(caller, "/workflow/start?id=moving&seconds=60&resumed=0.05")
+        const [host, activity] = yield* hostOf("activity-started")
+        const survivor = host === worker ? other : worker
+        // and an entity statement on the same runner
+        const entity = yield* entityOn(`${host.name}-pg`, "moving")
+        const controller = new AbortController()
+        const request = yield* Effect.forkChild(
+          Effect.exit(get(caller, `/report?kind=pg&entity=${entity}&seconds=60`, controller.signal))
         )
-      yield* Effect.gen(function*() {
-        for (let i = 0;; i++) {
-          if ((yield* appOf((yield* get(caller, `/pid?entity=probe-${i % 32}`)).pid)) === "C-app") return
+        const statement = yield* host.waitFor((e) => e.event === "statement-started", {
+          since: host === worker ? sinceB : sinceC
+        })
+        const pids = [Number(activity.pid), Number(statement.pid)]
+        for (const pid of pids) yield* TestSession.waitUntilSleeping(monitor, pid, { timeout: "20 seconds" })
+        const survivorSince = survivor.events.length
+
+        // the host shuts down gracefully (SIGTERM): its entities are interrupted, its shards move to the survivor
+        yield* host.kill("SIGTERM")
+        for (const pid of pids) {
+          yield* cluster.waitForLog(new RegExp(`\\[${pid}\\] 57014 ERROR`), { since: logSince, timeout: "20 seconds" })
         }
-      }).pipe(Effect.timeout("30 seconds"))
+        // NodeRuntime.runMain's exit code once a signal interrupted the program and its finalizers ran
+        assert.strictEqual(yield* host.exited(), "exit 130", "the runner shut down cleanly")
+        controller.abort()
+        yield* Fiber.join(request)
+        const moved = yield* get(caller, `/pid?kind=pg&entity=${entity}`)
+        assert.strictEqual(yield* appOf(moved.pid), `${survivor.name}-pg`, "the entity now lives on the survivor")
+        // the survivor resumed the workflow: its activity ran again, to its end
+        const result = yield* pollUntil(
+          caller,
+          `/workflow/poll?executionId=${String(executionId)}`,
+          (body) => body.result === "Complete"
+        )
+        assert.strictEqual(result.exit, "Success", "the resumed workflow completed")
+        const again = yield* survivor.waitFor((e) => e.event === "activity-ended", { since: survivorSince })
+        assert.strictEqual(yield* appOf(again.pid), `${survivor.name}-app`)
+        assert.strictEqual(
+          cancelledLines((yield* cluster.logs).slice(logSince)).length,
+          2,
+          "only the two statements of the runner that shut down"
+        )
 
-      const sinceB = worker.events.length
-      const sinceC = other.events.length
-      const logSince = yield* cluster.logSize
-      const controller = new AbortController()
-      const request = yield* Effect.forkChild(
-        Effect.exit(get(caller, "/report?entity=moving&seconds=60", controller.signal))
-      )
-      const started = yield* Effect.raceFirst(
-        Effect.map(
-          worker.waitFor((e) => e.event === "statement-started", { since: sinceB }),
-          (e) => [worker, e] as const
-        ),
-        Effect.map(other.waitFor((e) => e.event === "statement-started", { since: sinceC }), (e) => [other, e] as const)
-      )
-      const [host, event] = started
-      const survivor = host === worker ? other : worker
-      const pid = Number(event.pid)
-      yield* TestSession.waitUntilSleeping(monitor, pid, { timeout: "20 seconds" })
-      // the host shuts down gracefully (SIGTERM): its entities are interrupted, its shards move to the survivor
-      yield* host.kill("SIGTERM")
-      yield* cluster.waitForLog(new RegExp(`\\[${pid}\\] 57014 ERROR`), { since: logSince, timeout: "20 seconds" })
-      // NodeRuntime.runMain's exit code once a signal interrupted the program and its finalizers ran
-      assert.strictEqual(yield* host.exited(), "exit 130", "the runner shut down cleanly")
-      controller.abort()
-      yield* Fiber.join(request)
-      assert.strictEqual(cancelledLines((yield* cluster.logs).slice(logSince)).length, 1, "only that statement")
-      const moved = yield* get(caller, "/pid?entity=moving")
-      assert.strictEqual(yield* appOf(moved.pid), `${survivor.name}-app`, "the entity now lives on the survivor")
-
-      // the survivor dies (SIGKILL) while its two statements run: the SqlPgAdapter session's backend (the server's
-      // client_connection_check_interval = 250ms) notices the lost client and ends; the node-postgres session
-      // (check disabled) keeps sleeping until its statement would write its result
-      const since = survivor.events.length
-      const dieSince = yield* cluster.logSize
-      const abortAll = new AbortController()
-      const calls = yield* Effect.forkChild(Effect.exit(Effect.all([
-        get(caller, "/report?entity=moving&seconds=60", abortAll.signal),
-        get(caller, "/report?entity=moving-pg&kind=pg&seconds=60", abortAll.signal)
-      ], { concurrency: 2 })))
-      const sqlPid = Number(
-        (yield* survivor.waitFor((e) => e.event === "statement-started" && String(e.what).startsWith("Report "), {
-          since
-        })).pid
-      )
-      const pgPid = Number(
-        (yield* survivor.waitFor((e) => e.event === "statement-started" && String(e.what).startsWith("ReportPg"), {
-          since
-        })).pid
-      )
-      yield* TestSession.waitUntilSleeping(monitor, sqlPid, { timeout: "20 seconds" })
-      yield* TestSession.waitUntilSleeping(monitor, pgPid, { timeout: "20 seconds" })
-      const killedAt = now()
-      yield* survivor.kill("SIGKILL")
-      assert.strictEqual(yield* survivor.exited(), "SIGKILL")
-      const lost = yield* cluster.waitForLog(new RegExp(`\\[${sqlPid}\\] 08006 FATAL:  connection to client lost`), {
-        since: dieSince,
-        timeout: "20 seconds"
+        // the survivor dies (SIGKILL) while its two statements run: the SqlPgAdapter session's backend (the server's
+        // client_connection_check_interval = 250ms) notices the lost client and ends; the node-postgres session
+        // (check disabled) keeps sleeping until its statement would write its result
+        const since = survivor.events.length
+        const dieSince = yield* cluster.logSize
+        const abortAll = new AbortController()
+        const calls = yield* Effect.forkChild(Effect.exit(Effect.all([
+          get(caller, "/report?entity=moving&seconds=60", abortAll.signal),
+          get(caller, "/report?entity=moving-pg&kind=pg&seconds=60", abortAll.signal)
+        ], { concurrency: 2 })))
+        const sqlPid = Number(
+          (yield* survivor.waitFor((e) => e.event === "statement-started" && String(e.what).startsWith("Report "), {
+            since
+          })).pid
+        )
+        const pgPid = Number(
+          (yield* survivor.waitFor((e) => e.event === "statement-started" && String(e.what).startsWith("ReportPg"), {
+            since
+          })).pid
+        )
+        yield* TestSession.waitUntilSleeping(monitor, sqlPid, { timeout: "20 seconds" })
+        yield* TestSession.waitUntilSleeping(monitor, pgPid, { timeout: "20 seconds" })
+        const killedAt = now()
+        yield* survivor.kill("SIGKILL")
+        assert.strictEqual(yield* survivor.exited(), "SIGKILL")
+        const lost = yield* cluster.waitForLog(new RegExp(`\\[${sqlPid}\\] 08006 FATAL:  connection to client lost`), {
+          since: dieSince,
+          timeout: "20 seconds"
+        })
+        yield* TestSession.waitUntilGone(monitor, sqlPid, { timeout: "20 seconds" })
+        yield* Effect.logInfo(`runner killed → the server ended its checked backend: ${logTime(lost) - killedAt} ms`)
+        const pgState = yield* monitor.query(`SELECT wait_event FROM pg_stat_activity WHERE pid = ${pgPid}`)
+        assert.deepStrictEqual(pgState._tag === "Ok" ? pgState.rows : pgState, [["PgSleep"]], "unchecked: still runs")
+        assert.strictEqual(cancelledLines((yield* cluster.logs).slice(dieSince)).length, 0, "nothing was cancelled")
+        yield* monitor.query(`SELECT pg_terminate_backend(${pgPid})`)
+        abortAll.abort()
+        yield* Fiber.join(calls)
       })
-      yield* TestSession.waitUntilGone(monitor, sqlPid, { timeout: "20 seconds" })
-      yield* Effect.logInfo(`runner killed → the server ended its checked backend: ${logTime(lost) - killedAt} ms`)
-      const pgState = yield* monitor.query(`SELECT wait_event FROM pg_stat_activity WHERE pid = ${pgPid}`)
-      assert.deepStrictEqual(pgState._tag === "Ok" ? pgState.rows : pgState, [["PgSleep"]], "unchecked: still runs")
-      assert.strictEqual(cancelledLines((yield* cluster.logs).slice(dieSince)).length, 0, "nothing was cancelled")
-      yield* monitor.query(`SELECT pg_terminate_backend(${pgPid})`)
-      abortAll.abort()
-      yield* Fiber.join(calls)
-    }))
+  )
 })

@@ -26,6 +26,7 @@ import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Rpc from "effect/rpc/Rpc"
 import * as Schedule from "effect/Schedule"
@@ -252,12 +253,19 @@ export const cancellableStatement = <A, E, R>(
 
 /** A workflow with one activity running a long statement on the worker's `SqlPgAdapter` pool */
 export const ReportWorkflow = Workflow.make("ReportWorkflow", {
-  payload: { id: Schema.String, seconds: Schema.Finite },
+  // `resumedSeconds`: how long the activity's statement runs when the activity runs again (resumed elsewhere)
+  payload: { id: Schema.String, seconds: Schema.Finite, resumedSeconds: Schema.optional(Schema.Finite) },
   success: Pid,
   error: DbError,
   idempotencyKey: ({ id }) => id,
   annotations: Context.make(ClusterSchema.ShardGroup, () => "worker")
 })
+
+/** The table of {@link ReportWorkflowLive}'s activity (created by each worker) */
+export const ActivityRunsTable = Layer.effectDiscard(Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* Effect.orDie(sql`CREATE TABLE IF NOT EXISTS demo_activity_runs (id text PRIMARY KEY, runs int NOT NULL)`)
+}))
 
 /** The workflow's implementation (registered on the worker) */
 export const ReportWorkflowLive = ReportWorkflow.toLayer(Effect.fnUntraced(function*(payload) {
@@ -268,10 +276,18 @@ export const ReportWorkflowLive = ReportWorkflow.toLayer(Effect.fnUntraced(funct
     success: Pid,
     error: DbError,
     execute: Effect.gen(function*() {
-      const rows = yield* Effect.mapError(sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`, dbError)
-      const pid = rows[0]!.pid
-      yield* emit(runner, "activity-started", { id: payload.id, pid, attempt: yield* Activity.CurrentAttempt })
-      yield* cancellableStatement(Effect.mapError(sql`SELECT pg_sleep(${payload.seconds})`, dbError)).pipe(
+      // how many times this activity started, counted in the database (it survives the runner)
+      const rows = yield* Effect.mapError(
+        sql<{ pid: number; runs: number }>`
+          INSERT INTO demo_activity_runs (id, runs) VALUES (${payload.id}, 1)
+          ON CONFLICT (id) DO UPDATE SET runs = demo_activity_runs.runs + 1
+          RETURNING pg_backend_pid() AS pid, runs`,
+        dbError
+      )
+      const { pid, runs } = rows[0]!
+      const seconds = runs > 1 && payload.resumedSeconds !== undefined ? payload.resumedSeconds : payload.seconds
+      yield* emit(runner, "activity-started", { id: payload.id, pid, runs })
+      yield* cancellableStatement(Effect.mapError(sql`SELECT pg_sleep(${seconds})`, dbError)).pipe(
         Effect.onInterrupt(() => emit(runner, "activity-interrupted", { id: payload.id, pid }))
       )
       yield* emit(runner, "activity-ended", { id: payload.id, pid })

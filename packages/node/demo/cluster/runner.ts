@@ -34,6 +34,7 @@ import * as Http from "node:http"
 import pg from "pg"
 import { narratedTransport } from "../narratedTransport.ts"
 import {
+  ActivityRunsTable,
   emit,
   JobDirectoryLive,
   Jobs,
@@ -169,8 +170,13 @@ const Routes = Layer.mergeAll(
   HttpRouter.add("GET", "/workflow/start", (request) =>
     Effect.gen(function*() {
       const query = params(request.url)
+      const resumed = query.get("resumed")
       const executionId = yield* ReportWorkflow.execute(
-        { id: query.get("id") ?? "w", seconds: Number(query.get("seconds") ?? "60") },
+        {
+          id: query.get("id") ?? "w",
+          seconds: Number(query.get("seconds") ?? "60"),
+          ...(resumed === null ? {} : { resumedSeconds: Number(resumed) })
+        },
         { discard: true }
       )
       return json({ executionId })
@@ -268,7 +274,7 @@ const Ready = Layer.effectDiscard(Effect.gen(function*() {
   yield* emit(config.name, "ready", { port, pid: process.pid })
 }))
 
-const Worker = Layer.mergeAll(ReportsLive, ReportWorkflowLive).pipe(
+const Worker = Layer.mergeAll(ReportsLive, ReportWorkflowLive, ActivityRunsTable).pipe(
   Layer.provide([AppSql, AppPg, Name, NarratedTransport]),
   Layer.provide(Cluster)
 )
