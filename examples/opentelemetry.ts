@@ -17,21 +17,23 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Database from "./Database.ts"
 
+// exported every minute, and by `forceFlush` below (this program ends sooner)
+const metricReader = new PeriodicExportingMetricReader({
+  exporter: new ConsoleMetricExporter(),
+  exportIntervalMillis: 60_000
+})
+
 const Observability = NodeSdk.layer(() => ({
   resource: { serviceName: "pqcancel-example" },
   spanProcessor: new SimpleSpanProcessor(new ConsoleSpanExporter()),
-  // exported every minute and when the layer shuts down
-  metricReader: new PeriodicExportingMetricReader({
-    exporter: new ConsoleMetricExporter(),
-    exportIntervalMillis: 60_000
-  })
+  metricReader
 }))
 
 const program = Effect.gen(function*() {
   const db = yield* Database.Database
   const client = yield* PgAdapter.connect({ connectionString: Redacted.value(db.url) })
   yield* PgAdapter.query(client, undefined, "SELECT pg_sleep(30)").pipe(Effect.timeoutOption("1 second"))
-}).pipe(Effect.withSpan("report"))
+}).pipe(Effect.withSpan("report"), Effect.andThen(Effect.promise(() => metricReader.forceFlush())))
 
 program.pipe(
   Effect.scoped,
