@@ -3,10 +3,11 @@
  * `effect/workflow` writes, with pqcancel wired in.
  *
  * - `Reports`: an entity in the shard group `worker` whose handlers run statements through `SqlPgAdapter` (the
- *   `SqlClient`) and through `PgAdapter.poolQuery` (node-postgres). Interrupting a caller anywhere in the cluster
+ *   `SqlClient`) and through `PgAdapter.withPoolClient` + `PgAdapter.query` (node-postgres). Interrupting a caller anywhere in the cluster
  *   interrupts the handler fiber on the runner that hosts the entity; the adapter then cancels the statement on the
  *   server.
- * - `ReportWorkflow`: a workflow (also in `worker`) whose activity runs a long statement. Effect runs activities
+ * - `ReportWorkflow`: a workflow (also in `worker`) whose activity runs a long statement (shorter when it runs again,
+ *   e.g. resumed by a new owner after its shard moved). Effect runs activities
  *   uninterruptibly and lets a workflow interrupt take effect at the next step only; {@link cancellableStatement}
  *   watches the workflow's interrupt signal and interrupts the statement, so cancelling the workflow stops it on the
  *   server.
@@ -58,7 +59,7 @@ export const emit = (runner: string, event: string, fields: Record<string, unkno
 /** The runner's name, for its events */
 export class RunnerName extends Context.Service<RunnerName, string>()("cluster-demo/RunnerName") {}
 
-/** The node-postgres pool of the worker (one connection) and the cancel options derived for it */
+/** The node-postgres pool of the worker (one connection); the adapter derives each cancel's options from its client */
 export class PgPool extends Context.Service<PgPool, pg.Pool>()("cluster-demo/PgPool") {}
 
 /** A statement failed (not because it was cancelled: a cancelled statement interrupts its fiber) */
