@@ -14,10 +14,29 @@ import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+import * as Url from "node:url"
 import pg from "pg"
 import postgres from "postgres"
+import postgres4 from "postgres4"
 import type { BenchError } from "./node-systems.ts"
 import { benchError } from "./node-systems.ts"
+
+/** The version of an installed package, from the package.json above its entry point. */
+export const packageVersion = (name: string): string => {
+  let dir = Path.dirname(Url.fileURLToPath(import.meta.resolve(name)))
+  for (;;) {
+    const manifest = Path.join(dir, "package.json")
+    if (Fs.existsSync(manifest)) {
+      const version = (JSON.parse(Fs.readFileSync(manifest, "utf8")) as { readonly version?: string }).version
+      if (version !== undefined) return version
+    }
+    const parent = Path.dirname(dir)
+    if (parent === dir) return "?"
+    dir = parent
+  }
+}
 
 /** Where the drivers connect: plain TCP on loopback, as the `postgres` superuser. */
 export interface Target {
@@ -99,8 +118,8 @@ const postgresJsOptions = (target: Target) => ({
   onnotice: () => undefined
 })
 
-const postgresJsAdapter = Effect.fnUntraced(function*(target: Target) {
-  const sql = yield* PostgresJsAdapter.make(postgresJsOptions(target)).pipe(
+const postgresJsAdapter = Effect.fnUntraced(function*(target: Target, driver?: PostgresJsAdapter.Driver) {
+  const sql = yield* PostgresJsAdapter.make({ ...postgresJsOptions(target), driver }).pipe(
     Effect.mapError(benchError("PostgresJsAdapter.make"))
   )
   const transport = yield* Effect.context<Transport>()
@@ -183,7 +202,13 @@ export const drivers: ReadonlyArray<Driver> = [
         return pgAdapter(pool, yield* Effect.context<Transport>())
       })
   },
-  postgresJs("postgresjs", "postgres", postgres, postgresJsAdapter),
+  postgresJs("postgresjs", "postgres", postgres, (target) => postgresJsAdapter(target)),
+  postgresJs(
+    "postgresjs4",
+    "postgres4",
+    postgres4 as unknown as typeof postgres,
+    (target) => postgresJsAdapter(target, PostgresJsAdapter.driver(postgres4, packageVersion("postgres4")))
+  ),
   sqlPg(false),
   sqlPg(true)
 ]

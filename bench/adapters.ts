@@ -12,11 +12,8 @@ import type * as EmbeddedPostgres from "@pqcancel/test-utils/EmbeddedPostgres"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Scope from "effect/Scope"
-import * as Fs from "node:fs"
-import * as Path from "node:path"
-import * as Url from "node:url"
 import type { Runner, Statement } from "./adapter-calls.ts"
-import { drivers, poolSize, statements } from "./adapter-calls.ts"
+import { drivers, packageVersion, poolSize, statements } from "./adapter-calls.ts"
 import { percentile } from "./stats.ts"
 
 export const concurrencies = [1, 16, 64] as const
@@ -68,21 +65,6 @@ export interface AdapterReport {
   /** driver id → the installed version */
   readonly versions: Record<string, string>
   readonly cells: ReadonlyArray<AdapterCell>
-}
-
-/** The version of an installed package, from the package.json above its entry point. */
-const packageVersion = (name: string): string => {
-  let dir = Path.dirname(Url.fileURLToPath(import.meta.resolve(name)))
-  for (;;) {
-    const manifest = Path.join(dir, "package.json")
-    if (Fs.existsSync(manifest)) {
-      const version = (JSON.parse(Fs.readFileSync(manifest, "utf8")) as { readonly version?: string }).version
-      if (version !== undefined) return version
-    }
-    const parent = Path.dirname(dir)
-    if (parent === dir) return "?"
-    dir = parent
-  }
 }
 
 interface Tally {

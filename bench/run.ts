@@ -9,7 +9,7 @@
  *
  * Options: --samples N  --warmup N  --bursts 200,1000  --burst-reps N  --inflight N  --cells tcp/3.0,unix/3.2
  *          --systems pqcancel-blocking,libpq-poll  --no-latency  --no-burst  --no-inflight  --no-runtimes
- *          --no-adapters  --adapter-rounds N  --slice-ms N  --drivers pg,postgresjs,sqlpg,sqlpg-multiplex
+ *          --no-adapters  --adapter-rounds N  --slice-ms N  --drivers pg,postgresjs,postgresjs4,sqlpg,sqlpg-multiplex
  *
  * The runtime cells (bench/runtimes.ts): the one-shot cancel on Node, Bun and Deno against each runtime's own floors.
  *
@@ -166,8 +166,8 @@ const main = Effect.gen(function*() {
   if (feasible.length < config.bursts.length) {
     yield* log(`! fd limit ${limit}: bursts ${config.bursts.filter((n) => !feasible.includes(n)).join(",")} skipped`)
   }
-  // + the adapters' pools: 4 drivers × bare and adapter × 8
-  const maxConnections = 3 * Math.max(0, ...feasible, 0) + 150 + (config.adapters === undefined ? 0 : 80)
+  // + the adapters' pools: 5 drivers × bare and adapter × 8
+  const maxConnections = 3 * Math.max(0, ...feasible, 0) + 150 + (config.adapters === undefined ? 0 : 100)
   yield* log(
     `pqcancel bench (${quick ? "quick" : "full"}): Node ${process.version}, ${Os.cpus().length} × ${
       Os.cpus()[0]?.model ?? "?"
