@@ -793,56 +793,36 @@ export const query = <T extends ReadonlyArray<postgres.MaybeRow>>(
     }
     if (m.checked.error !== undefined) return Effect.fail(m.checked.error)
     const t = new Tracked<postgres.RowList<T>>()
-    let signalled = false
-    let abort: (() => void) | undefined
-    const run = Effect.callback<postgres.RowList<T>, PostgresJsQueryError>((resume) => {
-      let q: postgres.PendingQuery<T>
-      try {
-        q = f(sql)
-      } catch (error) {
-        return resume(Effect.fail(toQueryError(error)))
-      }
-      t.query = q
-      if ((q as { readonly aborts?: unknown }).aborts != null) {
-        // postgres.js 4's .signal(): its abort cancels through the adapter, not through postgres.js
-        ;(q as unknown as { cancel: () => Promise<void> }).cancel = () => {
-          if (!t.cancelling && t.ended === undefined) {
-            signalled = true
-            abort?.()
+    // no fiber of its own: postgres.js reads the answer by itself; an interruption runs the callback's canceler
+    return Effect.callback<postgres.RowList<T>, PostgresJsQueryError | PostgresJsAdapterError, Transport>(
+      (resume) => {
+        let q: postgres.PendingQuery<T>
+        try {
+          q = f(sql)
+        } catch (error) {
+          return resume(Effect.fail(toQueryError(error)))
+        }
+        t.query = q
+        if ((q as { readonly aborts?: unknown }).aborts != null) {
+          // postgres.js 4's .signal(): its abort cancels through the adapter (not through postgres.js), then fails
+          // with 57014 as postgres.js's own would
+          ;(q as unknown as { cancel: () => Promise<void> }).cancel = () => {
+            if (!t.cancelling && t.ended === undefined) resume(Effect.andThen(startCancel(t, m), aborted()))
+            return Promise.resolve()
           }
-          return Promise.resolve()
         }
+        q.then((rows) => {
+          if (!m.checked.done) driftCheck(m, q)
+          const exit = Exit.succeed(rows)
+          t.end(exit)
+          resume(exit)
+        }, (error: unknown) => {
+          const exit = Exit.fail(toQueryError(error))
+          t.end(exit)
+          resume(exit)
+        })
+        return startCancel(t, m)
       }
-      q.then((rows) => {
-        if (!m.checked.done) driftCheck(m, q)
-        const exit = Exit.succeed(rows)
-        t.end(exit)
-        resume(exit)
-      }, (error: unknown) => {
-        const exit = Exit.fail(toQueryError(error))
-        t.end(exit)
-        resume(exit)
-      })
-    })
-    return Effect.uninterruptibleMask((restore) =>
-      Effect.gen(function*() {
-        // the query runs in its own fiber, so it keeps reading the server's answer while we cancel
-        const fiber = yield* Effect.forkChild(run)
-        const onCancel = startCancel(t, m)
-        const exit = yield* restore(
-          Effect.callback<Exit.Exit<postgres.RowList<T>, PostgresJsQueryError>>((resume) => {
-            abort = () => resume(Effect.succeed(Exit.fail(aborted())))
-            const remove = fiber.addObserver((exit) => resume(Effect.succeed(exit)))
-            return Effect.sync(remove)
-          })
-        ).pipe(Effect.onInterrupt(() => Effect.andThen(onCancel, Fiber.interrupt(fiber))))
-        if (signalled && t.ended === undefined) {
-          yield* onCancel
-          yield* Fiber.interrupt(fiber)
-          return yield* aborted()
-        }
-        return yield* exit
-      })
     )
   })
 
