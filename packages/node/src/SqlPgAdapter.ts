@@ -44,8 +44,9 @@ import * as PgClient from "@effect/sql-pg/PgClient"
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as PgPool from "@effect/sql-pg/PgPool"
 import type { CancelConnection } from "@pqcancel/core"
+import * as AdapterKit from "@pqcancel/core/AdapterKit"
 import { InvalidOption } from "@pqcancel/core/CancelError"
-import * as CancelOnInterrupt from "@pqcancel/core/CancelOnInterrupt"
+import type * as CancelOnInterrupt from "@pqcancel/core/CancelOnInterrupt"
 import * as ConnectionOptions from "@pqcancel/core/ConnectionOptions"
 import { Transport } from "@pqcancel/core/Transport"
 import * as Cause from "effect/Cause"
@@ -62,15 +63,14 @@ import * as Redacted from "effect/Redacted"
 import * as Result from "effect/Result"
 import * as Schema from "effect/Schema"
 import * as Scope from "effect/Scope"
-import * as Semaphore from "effect/Semaphore"
 import * as SqlClient from "effect/sql/SqlClient"
 import type * as SqlConnection from "effect/sql/SqlConnection"
 import { SqlError, UnknownError } from "effect/sql/SqlError"
 import * as Statement from "effect/sql/Statement"
 import * as Stream from "effect/Stream"
-import * as Net from "node:net"
-import * as Tls from "node:tls"
+import type * as Net from "node:net"
 import { isWeakerSslmode, sslMaterialOf } from "./internal/driverTls.ts"
+import * as SqlPg from "./internal/sqlPg.ts"
 
 /**
  * The `@effect/sql-pg` versions whose private connection state {@link readSession} reads (also the package's peer
@@ -122,28 +122,19 @@ export interface SqlPgSession {
   readonly socket: Net.Socket
 }
 
-const internalsKey = "~@effect/sql-pg/PgConnection/internals"
+const changedError = (what: string) =>
+  new SqlPgInternalsChanged({
+    message: `@effect/sql-pg ${installedVersion}: internals changed (pqcancel reads them as of @effect/sql-pg ` +
+      `${testedVersions}): ${what}`
+  })
 
-const changed = (what: string) =>
-  Result.fail(
-    new SqlPgInternalsChanged({
-      message: `@effect/sql-pg ${installedVersion}: internals changed (pqcancel reads them as of @effect/sql-pg ` +
-        `${testedVersions}): ${what}`
-    })
-  )
-
-const isInt32 = (n: unknown): n is number =>
-  Number.isInteger(n) && (n as number) >= -0x80000000 && (n as number) <= 0x7fffffff
+const changed = (what: string) => Result.fail(changedError(what))
 
 /**
- * THE private read. sql-pg 4.0.5 to 4.1.x keep, per physical connection:
- * - `connection["~@effect/sql-pg/PgConnection/internals"].base`: the unpinned connection (a pinned view from
- *   `pin`/`reserve` points to it; the pool uses the same field as the item's identity);
- * - `base.session`: `{ socket, encrypted, processId, secretKey }`, built by `connect()` from BackendKeyData (3.0 keys:
- *   `secretKey` is the signed int32 sql-pg decodes) and the socket it finished the startup on (the `TLSSocket` after
- *   an SSLRequest upgrade, `encrypted` true only then).
- * Each field is checked for its type and cross-checked against public facts (`processId` is public; `encrypted` must
- * agree with the socket being a `TLSSocket`); anything else fails with {@link SqlPgInternalsChanged}.
+ * THE private read (in `internal/sqlPg.ts`, the one module that reads sql-pg's private state): the backend key,
+ * encryption, socket and remote address of a live connection (pinned or not: its base connection). Each field is
+ * checked for its type and cross-checked against public facts (`processId` is public; `encrypted` must agree with the
+ * socket being a `TLSSocket`); anything else fails with {@link SqlPgInternalsChanged}, naming the installed version.
  *
  * @category constructors
  * @since 0.1.0
@@ -151,23 +142,11 @@ const isInt32 = (n: unknown): n is number =>
 export const readSession = (
   connection: PgConnection.PgConnection
 ): Result.Result<SqlPgSession, SqlPgInternalsChanged> => {
-  const internals = (connection as unknown as Record<string, unknown>)[internalsKey] as { base?: unknown } | undefined
-  if (typeof internals !== "object" || internals === null) return changed(`no "${internalsKey}" on the connection`)
-  const base = internals.base as { session?: unknown } | undefined
-  if (typeof base !== "object" || base === null) return changed("the connection internals have no base connection")
-  const session = base.session as Record<string, unknown> | undefined
-  if (typeof session !== "object" || session === null) return changed("the base connection has no session")
-  const { encrypted, processId, secretKey, socket } = session
-  if (!isInt32(processId) || processId <= 0) return changed("session.processId is not a backend pid")
-  if (processId !== connection.processId) {
-    return changed(`session.processId ${processId} is not the connection's processId ${connection.processId}`)
-  }
-  if (!isInt32(secretKey)) return changed("session.secretKey is not a 32-bit protocol 3.0 cancel key")
-  if (typeof encrypted !== "boolean") return changed("session.encrypted is not a boolean")
-  if (!(socket instanceof Net.Socket)) return changed("session.socket is not a net.Socket (a custom stream?)")
-  if (encrypted !== (socket instanceof Tls.TLSSocket)) {
-    return changed(`session.encrypted is ${encrypted} but the socket is ${encrypted ? "not " : ""}a TLS socket`)
-  }
+  const base = SqlPg.baseOf(connection)
+  if (typeof base === "string") return changed(base)
+  const drift = SqlPg.checkBase(base, connection.processId)
+  if (drift !== undefined) return changed(drift)
+  const { encrypted, processId, secretKey, socket } = base.session
   // the facts of a live socket do not change: read its peer address (a getpeername each) once per session
   const cached = sessions.get(socket)
   if (cached !== undefined && cached.pid === processId && !socket.destroyed) return Result.succeed(cached)
@@ -397,27 +376,16 @@ export const cancelOptions = (
 }
 
 /**
- * Options of {@link make} and {@link layer}.
+ * Options of {@link make} and {@link layer}: the policy every adapter shares ({@link CancelOnInterrupt.Policy}:
+ * `cancelTimeout` — default the config's connect timeout —, `drainTimeout`, `retry`, `recancelInterval`,
+ * `retireUnlessCanceled`, `onNotCanceled`) and the libpq keywords refining the cancel's options.
  *
  * @category models
  * @since 0.1.0
  */
-export interface Options {
+export interface Options extends CancelOnInterrupt.Policy {
   /** libpq keywords refining the cancel's options (see {@link CancelParams}) */
   readonly cancelParams?: CancelParams | undefined
-  /** bound on sending the cancel (default: the config's connect timeout) */
-  readonly cancelTimeout?: Duration.Input | undefined
-  /** bound on waiting for the cancelled statement to end (default 5 seconds) */
-  readonly drainTimeout?: Duration.Input | undefined
-  /** when to send a transiently failed cancel again (see {@link CancelOnInterrupt.Options}) */
-  readonly retry?: CancelOnInterrupt.Options["retry"]
-  /** send the cancel again while the statement has not ended after this long (default 500 ms) */
-  readonly recancelInterval?: Duration.Input | undefined
-  /**
-   * retire the connection unless the interrupted statement ended with SQLSTATE 57014: set it behind a pooler or
-   * proxy (PgBouncer, a cloud proxy) that confirms a cancel before it forwards it
-   */
-  readonly retireUnlessCanceled?: boolean | undefined
 }
 
 /**
@@ -447,55 +415,137 @@ const destroySocket = (socket: Net.Socket): Effect.Effect<void> =>
     return Effect.sync(() => socket.off("close", done))
   }).pipe(Effect.timeoutOption("5 seconds"), Effect.asVoid)
 
-interface Guard {
-  readonly effect: <A>(query: Effect.Effect<A, SqlError>) => Effect.Effect<A, SqlError>
-  readonly stream: <A>(stream: Stream.Stream<A, SqlError>) => Stream.Stream<A, SqlError>
+/**
+ * The adapter's own turn on one physical connection used exclusively (no multiplex, or pinned: a transaction, a
+ * reserved connection), so a cancel can only reach the statement it was sent for: a statement waiting for its turn is
+ * never written, the running one keeps the turn until its interruption is over.
+ */
+interface Turn {
+  busy: boolean
+  readonly waiting: Array<() => void>
+  readonly release: Effect.Effect<void>
 }
 
-const passThrough: Guard = { effect: (query) => query, stream: (stream) => stream }
+const makeTurn = (): Turn => {
+  const turn: Turn = {
+    busy: false,
+    waiting: [],
+    release: Effect.sync(() => {
+      const next = turn.waiting.shift()
+      if (next === undefined) turn.busy = false
+      else next()
+    })
+  }
+  return turn
+}
 
-const makeGuard = (
-  connection: PgConnection.PgConnection,
-  pool: PgPool.PgPool,
-  options: CancelOptions,
-  settings: Options,
-  transport: Transport["Service"]
-): Guard => {
-  // one statement at a time through this connection, so a cancel can only reach the statement it was sent for (a
-  // statement queued behind another one inside a transaction is never "running" while it waits here)
-  const lock = Semaphore.makeUnsafe(1)
-  const withSession = <A, E, R>(
-    f: (info: CancelConnection.SessionInfo, onUnsafe: () => Effect.Effect<void>) => Effect.Effect<A, E, R>
-  ): Effect.Effect<A, E | SqlError, R> =>
-    Effect.flatMap(
-      Effect.suspend(() => Effect.fromResult(Result.mapError(sessionInfoResult(connection, options), internalsError))),
-      (info) => f(info, () => Effect.andThen(destroySocket(info.socket), pool.invalidate(connection)))
+const waitTurn = (turn: Turn): Effect.Effect<void> =>
+  Effect.callback<void>((resume) => {
+    let given = false
+    const waiter = () => {
+      given = true
+      resume(Effect.void)
+    }
+    turn.waiting.push(waiter)
+    return Effect.suspend(() => {
+      if (given) return turn.release // handed over as it was interrupted: pass it on
+      const at = turn.waiting.indexOf(waiter)
+      if (at !== -1) turn.waiting.splice(at, 1)
+      return Effect.void
+    })
+  })
+
+const takeTurn = (turn: Turn): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    if (turn.busy) return waitTurn(turn)
+    turn.busy = true
+    return Effect.void
+  })
+
+const withTurn = <A, E, R>(turn: Turn, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.suspend(() => {
+    if (!turn.busy) {
+      turn.busy = true
+      return Effect.ensuring(effect, turn.release)
+    }
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(restore(waitTurn(turn)), () => Effect.ensuring(restore(effect), turn.release))
     )
-  const protect = <A, E>(
-    query: Effect.Effect<A, E>,
-    info: CancelConnection.SessionInfo,
-    onUnsafe: () => Effect.Effect<void>
-  ) =>
-    CancelOnInterrupt.cancelOnInterrupt(query, {
-      session: info,
-      cancelTimeout: settings.cancelTimeout,
-      drainTimeout: settings.drainTimeout,
-      retry: settings.retry,
-      recancelInterval: settings.recancelInterval,
-      retireUnlessCanceled: settings.retireUnlessCanceled,
-      isCanceled,
-      onUnsafe
-    }).pipe(Effect.provideService(Transport, transport))
+  })
 
-  // a closed session fails its statement by itself (sql-pg's dead connection): nothing to cancel
-  const effect = <A>(query: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> =>
-    lock.withPermit(withSession((info, onUnsafe) => info.open === false ? query : protect(query, info, onUnsafe)))
+const theFiber = <A, E>(fiber: Fiber.Fiber<A, E>): Fiber.Fiber<unknown, unknown> => fiber
 
-  const stream = <A>(rows: Stream.Stream<A, SqlError>): Stream.Stream<A, SqlError> =>
+/** What the adapter runs statements with: the kit of this client's pool, and each connection's base and turn */
+interface Guard {
+  readonly effect: <A>(
+    connection: PgConnection.PgConnection,
+    exclusive: boolean,
+    query: Effect.Effect<A, SqlError>
+  ) => Effect.Effect<A, SqlError>
+  readonly stream: <A>(connection: PgConnection.PgConnection, stream: Stream.Stream<A, SqlError>) => Stream.Stream<
+    A,
+    SqlError
+  >
+}
+
+const makeGuard = (pool: PgPool.PgPool, cancel: CancelOptions, settings: Options, transport: Transport["Service"]) => {
+  const retired = new WeakSet<SqlPg.Base>()
+  const kit = AdapterKit.make<SqlPg.Base, Fiber.Fiber<unknown, unknown>, SqlError>({
+    driver: `@effect/sql-pg ${installedVersion}`,
+    target: (base) =>
+      Result.mapError(sessionInfoResult(base as unknown as PgConnection.PgConnection, cancel), internalsError),
+    locate: (base, fiber) =>
+      SqlPg.isPipelined(base) ? SqlPg.locateMultiplexed(base, fiber) : SqlPg.locateExclusive(base),
+    awaitTurn: SqlPg.awaitTurn,
+    retire: (base) =>
+      Effect.suspend(() => {
+        retired.add(base)
+        return Effect.andThen(
+          destroySocket(base.session.socket),
+          pool.invalidate(base as unknown as PgConnection.PgConnection)
+        )
+      }),
+    isRetired: (base) => retired.has(base),
+    isCanceled
+  })
+  const turns = new WeakMap<SqlPg.Base, Turn>()
+  const turnOf = (base: SqlPg.Base): Turn => {
+    let turn = turns.get(base)
+    if (turn === undefined) {
+      turn = makeTurn()
+      turns.set(base, turn)
+    }
+    return turn
+  }
+  const baseOf = (connection: PgConnection.PgConnection): Result.Result<SqlPg.Base, SqlError> => {
+    const base = SqlPg.baseOf(connection)
+    return typeof base === "string" ? Result.fail(internalsError(changedError(base))) : Result.succeed(base)
+  }
+  const protect = <A>(base: SqlPg.Base, query: Effect.Effect<A, SqlError>) =>
+    Effect.provideService(kit.effect(base, settings, theFiber, query), Transport, transport)
+
+  const effect = <A>(
+    connection: PgConnection.PgConnection,
+    exclusive: boolean,
+    query: Effect.Effect<A, SqlError>
+  ): Effect.Effect<A, SqlError> =>
+    Effect.suspend(() => {
+      const base = baseOf(connection)
+      if (Result.isFailure(base)) return Effect.fail(base.failure)
+      const run = protect(base.success, query)
+      return exclusive ? withTurn(turnOf(base.success), run) : run
+    })
+
+  const stream = <A>(connection: PgConnection.PgConnection, rows: Stream.Stream<A, SqlError>): Stream.Stream<
+    A,
+    SqlError
+  > =>
     Stream.unwrap(Effect.gen(function*() {
+      const base = yield* Effect.fromResult(baseOf(connection))
       const scope = yield* Effect.scope
-      yield* Effect.acquireRelease(lock.take(1), () => lock.release(1))
-      const info = yield* withSession((info, onUnsafe) => Effect.succeed({ info, onUnsafe }))
+      const turn = turnOf(base)
+      yield* Effect.acquireRelease(takeTurn(turn), () => turn.release)
+      yield* Effect.fromResult(kit.target(base)) // the statement runs only where it can be cancelled
       // sql-pg's stream lives in a child scope that is closed only after our finalizer (added later, so run
       // first) has cancelled the statement and drained it: sql-pg's own finalizer then finds it done
       const inner = yield* Scope.fork(scope, "sequential")
@@ -504,17 +554,17 @@ const makeGuard = (
       yield* Scope.addFinalizer(
         scope,
         Effect.suspend(() => {
-          if (ended || info.info.open === false) return Effect.void
+          if (ended || base.deadWith !== undefined) return Effect.void
           ended = true
           // the rest of the statement, read to its end (its rows discarded): this keeps the socket flowing so the
-          // server's 57014 arrives; run under cancelOnInterrupt and interrupted at once ⇒ cancel, then drain
+          // server's 57014 arrives; run under the kit and interrupted at once ⇒ cancel, then drain
           return Effect.gen(function*() {
             const started = yield* Deferred.make<void>()
             const drain = Effect.andThen(
               Deferred.succeed(started, undefined),
               Effect.forever(pull).pipe(Effect.catch((error) => Cause.isDone(error) ? Effect.void : Effect.fail(error)))
             )
-            const fiber = yield* Effect.forkChild(protect(drain, info.info, info.onUnsafe), {
+            const fiber = yield* Effect.forkChild(protect(base, drain), {
               startImmediately: true,
               uninterruptible: false
             })
@@ -531,22 +581,28 @@ const makeGuard = (
       ))))
     }))
 
-  return { effect, stream }
+  return { effect, stream } satisfies Guard
 }
 
-const makeConnection = (connection: PgConnection.PgConnection, guard: Guard): SqlConnection.Connection => {
+/** The `SqlConnection` of one sql-pg connection: built once per connection object (not per statement) */
+const makeConnection = (
+  connection: PgConnection.PgConnection,
+  guard: Guard,
+  exclusive: boolean
+): SqlConnection.Connection => {
+  const run = <A>(query: Effect.Effect<A, SqlError>) => guard.effect(connection, exclusive, query)
   const rows = (sql: string, params: ReadonlyArray<unknown>, prepare: boolean) =>
-    guard.effect(Effect.map(connection.query(sql, params, prepare), (result) => result.rows))
+    run(Effect.map(connection.query(sql, params, prepare), (result) => result.rows))
   return {
     execute: (sql, params, transformRows) =>
       transformRows ? Effect.map(rows(sql, params, true), transformRows) : rows(sql, params, true),
-    executeRaw: (sql, params) => guard.effect(connection.query(sql, params)),
-    executeValues: (sql, params) => guard.effect(connection.queryValues(sql, params)),
-    executeValuesUnprepared: (sql, params) => guard.effect(connection.queryValues(sql, params, false)),
+    executeRaw: (sql, params) => run(connection.query(sql, params)),
+    executeValues: (sql, params) => run(connection.queryValues(sql, params)),
+    executeValuesUnprepared: (sql, params) => run(connection.queryValues(sql, params, false)),
     executeUnprepared: (sql, params, transformRows) =>
       transformRows ? Effect.map(rows(sql, params, false), transformRows) : rows(sql, params, false),
     executeStream: (sql, params, transformRows) => {
-      const stream = guard.stream(connection.stream(sql, params))
+      const stream = guard.stream(connection, connection.stream(sql, params))
       return transformRows ? Stream.mapArray(stream, (chunk) => transformRows(chunk) as typeof chunk) : stream
     }
   }
@@ -574,9 +630,11 @@ const PgJson = Statement.custom<PgJson>("PgJson")
 /**
  * A `PgClient` (also a `SqlClient`) on a sql-pg pool (`PgPool.make(config)`), whose statements are cancelled on the
  * server through pqcancel when their fiber is interrupted. Built from sql-pg's public parts (`PgPool`,
- * `PgClient.makeCompiler`, `SqlClient.make`), like `PgClient.make`. With `multiplex: true`, statements on shared
- * (unreserved) connections are left to sql-pg, which does not cancel them either (another fiber's statement may be
- * on the wire); transactions and reserved connections are cancelled.
+ * `PgClient.makeCompiler`, `SqlClient.make`), like `PgClient.make`. With `multiplex: true` the pipelining is kept
+ * and shared statements are cancelled too: one not yet written is withdrawn; one written behind others is waited for
+ * until the server runs it, then cancelled while nothing is queued behind it (new statements wait for the
+ * interruption); one with statements already written behind it is not cancelled (a cancel could reach them): it is
+ * waited for, bounded by `drainTimeout`, and its connection retired if it does not end.
  *
  * @category constructors
  * @since 0.1.0
@@ -592,8 +650,19 @@ export const make = Effect.fnUntraced(function*(
   const cancel = yield* Effect.fromResult(cancelOptions(config, options.cancelParams))
   const transport = yield* Transport
   const pool = yield* PgPool.make(config)
-  const wrap = (connection: PgConnection.PgConnection, shared: boolean) =>
-    makeConnection(connection, shared ? passThrough : makeGuard(connection, pool, cancel, options, transport))
+  const guard = makeGuard(pool, cancel, options, transport)
+  // one SqlConnection per sql-pg connection object and mode, not one per statement
+  const shared = new WeakMap<PgConnection.PgConnection, SqlConnection.Connection>()
+  const exclusive = new WeakMap<PgConnection.PgConnection, SqlConnection.Connection>()
+  const wrap = (connection: PgConnection.PgConnection, pipelined: boolean): SqlConnection.Connection => {
+    const cache = pipelined ? shared : exclusive
+    let wrapped = cache.get(connection)
+    if (wrapped === undefined) {
+      wrapped = makeConnection(connection, guard, !pipelined)
+      cache.set(connection, wrapped)
+    }
+    return wrapped
+  }
   const multiplex = config.multiplex === true
   const transformRows = config.transformResultNames
     ? Statement.defaultTransforms(config.transformResultNames, config.transformJson).array

@@ -13,7 +13,7 @@ import { assert, layer } from "@effect/vitest"
 import { Transport } from "@pqcancel/core/Transport"
 import { NodeTransport } from "@pqcancel/node"
 import * as SqlPgAdapter from "@pqcancel/node/SqlPgAdapter"
-import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
+import { Arbitraries, EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
 import * as Cause from "effect/Cause"
 import * as Config from "effect/Config"
 import * as ConfigProvider from "effect/ConfigProvider"
@@ -30,6 +30,7 @@ import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import { checkInterleaving } from "./interleavings.ts"
 
 interface Proxy {
   /** where clients connect: a TCP port on 127.0.0.1, or a socket directory holding `.s.PGSQL.<port>` */
@@ -298,7 +299,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
       assert.strictEqual(proxy.connections(), 2)
     }))
 
-  it.effect("multiplex: shared pipelined statements are left to sql-pg; a transaction's statement is cancelled", () =>
+  it.effect("multiplex: a shared pipelined statement is cancelled, and so is a transaction's", () =>
     Effect.gen(function*() {
       const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
       const { cancels, sql } = yield* makeClient({
@@ -310,17 +311,86 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
       })
       const monitor = yield* monitorOf(cluster)
       const pid = yield* backendPid(sql)
+      // a shared (pipelined) statement, alone on the wire: cancelled through pqcancel
+      const shared = yield* sql`SELECT pg_sleep(60)`.pipe(Effect.forkChild)
+      yield* TestSession.waitUntilSleeping(monitor, pid)
+      yield* Fiber.interrupt(shared)
+      assert.strictEqual(cancels(), 1)
+      assert.strictEqual(yield* queryValue(monitor, `SELECT state FROM pg_stat_activity WHERE pid = ${pid}`), "idle")
       // inside a transaction (a reserved connection) the statement is ours alone: cancelled through pqcancel
       const fiber = yield* sql.withTransaction(sql`SELECT pg_sleep(60)`).pipe(Effect.forkChild)
       yield* TestSession.waitUntilSleeping(monitor, pid)
       yield* Fiber.interrupt(fiber)
-      assert.strictEqual(cancels(), 1)
+      assert.strictEqual(cancels(), 2)
       assert.strictEqual(yield* queryValue(monitor, `SELECT state FROM pg_stat_activity WHERE pid = ${pid}`), "idle")
       // shared statements pipeline as with sql-pg's own client
       const pids = yield* Effect.all(Array.from({ length: 8 }, () => backendPid(sql)), { concurrency: "unbounded" })
       assert.deepStrictEqual(new Set(pids), new Set([pid]))
-      assert.strictEqual(cancels(), 1)
+      assert.strictEqual(cancels(), 2)
     }))
+
+  it.effect("multiplex: a statement written behind another waits for its turn, then only it is cancelled", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const { cancels, sql } = yield* makeClient({
+        host: cluster.socketDir,
+        port: cluster.port,
+        username: "postgres",
+        multiplex: true,
+        maxConnections: 1
+      })
+      const monitor = yield* monitorOf(cluster)
+      const pid = yield* backendPid(sql)
+      const first = yield* sql<{ n: number }>`SELECT 7 AS n FROM pg_sleep(0.5)`.pipe(Effect.forkChild)
+      const second = yield* sql`SELECT pg_sleep(60)`.pipe(Effect.forkChild)
+      yield* TestSession.waitUntilSleeping(monitor, pid)
+      const interrupter = yield* Fiber.interrupt(second).pipe(Effect.forkChild)
+      // the first one is never cancelled: it completes, then the second runs and is cancelled
+      const rows = yield* Fiber.join(first)
+      assert.strictEqual(rows[0]?.n, 7)
+      yield* Fiber.join(interrupter)
+      assert.strictEqual(cancels(), 1)
+      assert.strictEqual(yield* queryValue(monitor, `SELECT state FROM pg_stat_activity WHERE pid = ${pid}`), "idle")
+      assert.strictEqual(yield* backendPid(sql), pid)
+    }))
+
+  for (const multiplex of [false, true]) {
+    let run = 0
+    it.effect.prop(
+      `random interleavings${
+        multiplex ? " (multiplex)" : ""
+      }: only interrupted statements are cancelled, none takes effect after its interruption`,
+      { scenario: Arbitraries.interruptScenario() },
+      ({ scenario }) =>
+        Effect.gen(function*() {
+          const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+          const { sql } = yield* makeClient({
+            host: cluster.socketDir,
+            port: cluster.port,
+            username: "postgres",
+            multiplex,
+            maxConnections: 2
+          }, { onNotCanceled: () => Effect.void, recancelInterval: "100 millis" })
+          const monitor = yield* makeClient({ host: cluster.socketDir, port: cluster.port, username: "postgres" })
+          yield* monitor.sql`CREATE TABLE IF NOT EXISTS sqlpg_rows (tag text, id int)`
+          const tag = `prop-${multiplex}-${run++}`
+          yield* checkInterleaving(
+            scenario,
+            (step, id) => sql`INSERT INTO sqlpg_rows SELECT ${tag}, ${id} FROM pg_sleep(${step.sleepMs / 1000})`,
+            (id) =>
+              Effect.map(
+                monitor.sql`SELECT 1 FROM sqlpg_rows WHERE tag = ${tag} AND id = ${id}`,
+                (rows) => rows.length > 0
+              ),
+            Effect.map(
+              monitor.sql<{ id: number }>`SELECT id FROM sqlpg_rows WHERE tag = ${tag}`,
+              (rows) => new Set(rows.map((r) => r.id))
+            )
+          )
+        }),
+      { timeout: 90_000, arbitrary: { runs: 12, maxShrinks: 3 } }
+    )
+  }
 
   it.effect("a stream that finishes is not cancelled", () =>
     Effect.gen(function*() {
