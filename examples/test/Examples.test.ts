@@ -17,7 +17,7 @@ const examples: ReadonlyArray<readonly [file: string, expected: ReadonlyArray<Re
     /still running on the server: 0/
   ]],
   ["postgres-js-transaction-timeout.ts", [/transfer: timed out/, /balances: 1=100, 2=0/, /still running.*: 0/]],
-  ["cancel-from-another-process.ts", [/"secret":"<redacted>"/, /cancel dispatched to backend/, /SQLSTATE 57014/]],
+  ["cancel-from-another-process.ts", [/"secret":"<redacted[^"]*>"/, /cancel dispatched to backend/, /SQLSTATE 57014/]],
   ["metrics.ts", [/pqcancel\.cancels \{transport=tcp sslmode=verify-full outcome=dispatched\}: count [1-3]\n/]],
   ["opentelemetry.ts", [/name: 'pqcancel\.cancel'/, /'db\.postgresql\.backend_pid': \d+/, /name: 'pqcancel\.cancels'/]]
 ]
@@ -55,7 +55,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
         })
         assert.strictEqual(run.code, 0, `${file} exited with ${run.code ?? run.signal}:\n${run.output}`)
         for (const line of expected) assert.match(run.output, line, `${file} printed:\n${run.output}`)
-        assert.notMatch(run.output, /"secret":"(?!<redacted>)/, "no key material in the output")
+        assert.notMatch(run.output, /"secret":"(?!<redacted)/, "no key material in the output")
       }), { timeout: 120_000 })
   }
 })
