@@ -283,6 +283,8 @@ layer(RunnersLive, { excludeTestServices: true, concurrent: false, timeout: "90 
         yield* monitor.query(`SELECT pg_terminate_backend(${pgPid})`)
         abortAll.abort()
         yield* Fiber.join(calls)
-      })
+      }),
+    // three runners' shard handovers and a graceful shutdown: more than the default 30 s on a loaded machine
+    90_000
   )
 })
