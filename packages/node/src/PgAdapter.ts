@@ -447,6 +447,7 @@ const checkout = (pool: pg.Pool): Effect.Effect<pg.PoolClient, PgQueryError> =>
       if (error !== undefined && error !== null) return resume(Effect.fail(toQueryError(error)))
       if (client === undefined) return resume(Effect.fail(toQueryError(new Error("pool returned no client"))))
       delivered = client
+      NodePostgres.followTransactionStatus(client)
       resume(Effect.succeed(client))
     })
     return Effect.sync(() => {
@@ -461,7 +462,7 @@ const checkout = (pool: pg.Pool): Effect.Effect<pg.PoolClient, PgQueryError> =>
  */
 const unsafeToReuse = (client: pg.Client): boolean => {
   if (isRetired(client)) return true
-  const status = client.getTransactionStatus()
+  const status = NodePostgres.transactionStatus(client)
   return status === "T" || status === "E"
 }
 

@@ -12,6 +12,7 @@ import * as Fiber from "effect/Fiber"
 import * as Redacted from "effect/Redacted"
 import * as Fs from "node:fs"
 import pg from "pg"
+import pgPackage from "pg/package.json" with { type: "json" }
 import { interruptedOnly } from "./fixtures.ts"
 import { connectMonitor, waitUntil } from "./pgMonitor.ts"
 
@@ -219,10 +220,11 @@ describe("PgAdapter.optionsFromClient: node-postgres' ssl settings in libpq's te
       assert.strictEqual(Redacted.value(options.sslMaterial!.passphrase!), "secret")
     }))
 
-  it.effect("sslnegotiation direct, and an IP host with servername", () =>
+  it.effect("sslnegotiation direct (what the session did: pg < 8.22 ignores it), and an IP host with servername", () =>
     Effect.gen(function*() {
       const options = yield* derive({ host: "10.0.0.5", ssl: { servername: "db.internal" }, sslnegotiation: "direct" })
-      assert.strictEqual(options.sslnegotiation, "direct")
+      const [major, minor] = pgPackage.version.split(".").map(Number) as [number, number]
+      assert.strictEqual(options.sslnegotiation, major > 8 || minor >= 22 ? "direct" : "postgres", pgPackage.version)
       assert.deepStrictEqual(options.hosts[0], { _tag: "Tcp", host: "db.internal", hostaddr: "10.0.0.5", port: 5432 })
     }))
 

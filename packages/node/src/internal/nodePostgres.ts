@@ -63,7 +63,7 @@ export const readConnection = (
   return { _tag: "Ok", facts: { processID: p.processID, secretKey: p.secretKey, stream } }
 }
 
-/** The client's `sslnegotiation` (pg ≥ 8.23 has direct TLS). */
+/** The client's `sslnegotiation` (pg ≥ 8.22 has direct TLS). */
 export const sslNegotiationOf = (client: pg.Client): "direct" | "postgres" =>
   (client as unknown as PgPrivate).sslNegotiation === "direct" ? "direct" : "postgres"
 
@@ -91,4 +91,38 @@ export const locateQuery = (client: pg.Client, query: unknown): "withdrawn" | "r
     return "withdrawn"
   }
   return "elsewhere"
+}
+
+// pg < 8.21 has no `getTransactionStatus`: the session's transaction status from its ReadyForQuery messages, followed
+// from a pool checkout on (one listener per client, never per query)
+const followed = new WeakMap<pg.Client, { status: string | undefined }>()
+
+/** On pg < 8.21, starts following the client's transaction status (a no-op where pg keeps it, or when followed). */
+export const followTransactionStatus = (client: pg.Client): void => {
+  if (typeof (client as { getTransactionStatus?: unknown }).getTransactionStatus === "function") return
+  const connection = client.connection as unknown as { on?: unknown } | undefined
+  if (followed.has(client) || typeof connection?.on !== "function") return
+  const cell: { status: string | undefined } = { status: undefined }
+  followed.set(client, cell)
+  ;(connection.on as (event: string, listener: (message: { readonly status?: unknown }) => void) => void).call(
+    connection,
+    "readyForQuery",
+    (message) => {
+      cell.status = typeof message?.status === "string" ? message.status : undefined
+    }
+  )
+}
+
+/**
+ * The client's transaction status from its last ReadyForQuery (`I` idle, `T` in a transaction, `E` in a failed
+ * one): pg's own `getTransactionStatus()` (pg ≥ 8.21), else what {@link followTransactionStatus} saw; undefined when
+ * unknown.
+ */
+export const transactionStatus = (client: pg.Client): string | undefined => {
+  const own = (client as { getTransactionStatus?: unknown }).getTransactionStatus
+  if (typeof own === "function") {
+    const status: unknown = own.call(client)
+    return typeof status === "string" ? status : undefined
+  }
+  return followed.get(client)?.status
 }
