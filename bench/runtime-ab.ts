@@ -6,7 +6,8 @@
  *
  * - **native floor**: the same cancel on the runtime's own socket API — `Bun.connect` + `upgradeTLS` on Bun,
  *   `Deno.connect` + `Deno.startTls` on Deno (on Node: `node:net` / `node:tls`, i.e. the node floor);
- * - **node floor**: the cancel on the runtime's `node:net` / `node:tls` (bench/node-systems.ts `rawCancelWith`).
+ * - **node floor**: the cancel on the runtime's `node:net` / `node:tls` (bench/node-systems.ts `rawCancelWith`);
+ * - on Bun also pqcancel with **BunTransport** (`pqcancelNative`), against the native floor.
  *
  * Cells: `tcp` (sslmode=disable) and `vfull` (SSLRequest + TLS, verify-full against the test CA and the host name
  * "localhost": Deno.startTls always verifies, so every system verifies). Prints one JSON line per cell.
@@ -15,6 +16,7 @@
  */
 import { CancelConnection, Transport } from "@pqcancel/core"
 import { NodeTransport } from "@pqcancel/node"
+import * as BunTransport from "@pqcancel/node/BunTransport"
 import * as EmbeddedPostgres from "@pqcancel/test-utils/EmbeddedPostgres"
 import * as TestSession from "@pqcancel/test-utils/TestSession"
 import * as Effect from "effect/Effect"
@@ -147,6 +149,12 @@ const program = Effect.gen(function*() {
       ]
     ]
     if (runtime !== "node") systems.push(["nativeFloor", nativeFloor(target)])
+    if (runtime === "bun") {
+      systems.push([
+        "pqcancelNative",
+        CancelConnection.cancel(info).pipe(Effect.orDie, Effect.provideService(Transport.Transport, BunTransport.make))
+      ])
+    }
     const samples = systems.map(() => [] as Array<number>)
     for (let i = 0; i < n; i++) {
       for (let k = 0; k < systems.length; k++) {

@@ -3,7 +3,8 @@
  *
  * - `bun`, `deno`: the conformance test files of `@pqcancel/node` below under vitest running on Bun (`bun --bun`,
  *   worker threads) or Deno (`deno run -A`, child processes), each starting its own embedded PostgreSQL from that
- *   runtime and stopping it; `Runtime.test.ts` fails unless the files really run on that runtime;
+ *   runtime and stopping it; `Runtime.test.ts` fails unless the files really run on that runtime. On Bun twice:
+ *   with NodeTransport, then with BunTransport in its place (packages/node/vitest.bun-transport.config.ts);
  * - `workerd`: `@pqcancel/cloudflare`'s suite (vitest on Node), which runs its Worker on workerd against an embedded
  *   PostgreSQL on loopback.
  *
@@ -33,49 +34,66 @@ export const conformanceFiles: ReadonlyArray<string> = [
   "SslModesNoTls"
 ].map((name) => `packages/node/test/${name}.test.ts`)
 
-const runtimes = {
-  bun: { command: bin("bun"), args: ["--bun", vitest, "run", "--pool=threads"], files: conformanceFiles },
-  deno: { command: bin("deno"), args: ["run", "-A", vitest, "run", "--pool=forks"], files: conformanceFiles },
-  workerd: {
+interface Pass {
+  readonly command: string
+  readonly args: ReadonlyArray<string>
+  readonly env?: Record<string, string>
+}
+
+const bunVitest = [bin("bun"), ["--bun", vitest, "run", "--pool=threads"]] as const
+const runtimes: Record<"bun" | "deno" | "workerd", ReadonlyArray<Pass>> = {
+  bun: [
+    // NodeTransport on Bun's node:net / node:tls, then BunTransport in its place (Bun.connect)
+    { command: bunVitest[0], args: [...bunVitest[1], ...conformanceFiles] },
+    {
+      command: bunVitest[0],
+      args: [...bunVitest[1], "--config", "packages/node/vitest.bun-transport.config.ts", ...conformanceFiles],
+      env: { PQCANCEL_TRANSPORT: "bun" }
+    }
+  ],
+  deno: [{ command: bin("deno"), args: ["run", "-A", vitest, "run", "--pool=forks", ...conformanceFiles] }],
+  workerd: [{
     command: process.execPath,
-    args: [vitest, "run", "--config", "packages/cloudflare/vitest.workerd.config.ts"],
-    files: []
-  }
-} as const
+    args: [vitest, "run", "--config", "packages/cloudflare/vitest.workerd.config.ts"]
+  }]
+}
 
 const name = process.argv[2]
 if (name !== "bun" && name !== "deno" && name !== "workerd") {
   console.error("usage: node scripts/runtime-tests.ts bun|deno|workerd")
   process.exit(2)
 }
-const runtime = runtimes[name]
-const report = Path.join(root, "build", `${name}-results.json`)
-Fs.mkdirSync(Path.dirname(report), { recursive: true })
-Fs.rmSync(report, { force: true })
-const child = ChildProcess.spawnSync(
-  runtime.command,
-  [...runtime.args, "--reporter=default", "--reporter=json", `--outputFile.json=${report}`, ...runtime.files],
-  {
-    cwd: root,
-    stdio: "inherit",
-    env: { ...process.env, PQCANCEL_RUNTIME: name },
-    // bounded: a hung suite fails CI instead of stalling it
-    timeout: 240_000,
-    killSignal: "SIGKILL"
-  }
-)
 let passed = 0
 let failed = 0
-if (Fs.existsSync(report)) {
-  const results = JSON.parse(Fs.readFileSync(report, "utf8")) as {
-    readonly numPassedTests: number
-    readonly numFailedTests: number
+runtimes[name].forEach((pass, index) => {
+  const report = Path.join(root, "build", `${name}-results-${index}.json`)
+  Fs.mkdirSync(Path.dirname(report), { recursive: true })
+  Fs.rmSync(report, { force: true })
+  const child = ChildProcess.spawnSync(
+    pass.command,
+    [...pass.args, "--reporter=default", "--reporter=json", `--outputFile.json=${report}`],
+    {
+      cwd: root,
+      stdio: "inherit",
+      env: { ...process.env, ...pass.env, PQCANCEL_RUNTIME: name },
+      // bounded: a hung suite fails CI instead of stalling it
+      timeout: 240_000,
+      killSignal: "SIGKILL"
+    }
+  )
+  let passFailed = 0
+  if (Fs.existsSync(report)) {
+    const results = JSON.parse(Fs.readFileSync(report, "utf8")) as {
+      readonly numPassedTests: number
+      readonly numFailedTests: number
+    }
+    passed += results.numPassedTests
+    passFailed = results.numFailedTests
   }
-  passed = results.numPassedTests
-  failed = results.numFailedTests
-}
-// a non-zero exit with no failed test (unhandled error, timeout, crash) counts as one failure
-if (child.status !== 0 && failed === 0) failed = 1
-if (child.error !== undefined) console.error(`${name}: ${child.error.message}`)
+  // a non-zero exit with no failed test (unhandled error, timeout, crash) counts as one failure
+  if (child.status !== 0 && passFailed === 0) passFailed = 1
+  if (child.error !== undefined) console.error(`${name}: ${child.error.message}`)
+  failed += passFailed
+})
 console.log(`${name}: ${passed} passed, ${failed} failed`)
 process.exit(failed === 0 ? 0 : 1)

@@ -29,6 +29,12 @@ import postgres41 from "postgres41"
  */
 export const onDeno = "Deno" in globalThis
 
+/**
+ * The socket has no descriptor to report (PQcancelSocket says -1, "unknown"): on Deno, and with BunTransport in
+ * NodeTransport's place (packages/node/vitest.bun-transport.config.ts)
+ */
+export const noDescriptor = onDeno || process.env["PQCANCEL_TRANSPORT"] === "bun"
+
 /** NodeTransport's refusal of a revocation list on Deno, at the end of the cancel's error message */
 export const DENO_CRL_REFUSED = /Deno's node:tls does not check revocation lists$/
 

@@ -65,6 +65,10 @@ const X509_VERIFY_CODES: ReadonlySet<string> = new Set([
   "CERT_REJECTED"
 ])
 
+/** Whether a TLS error code is a certificate verification failure (an X509 code). @internal */
+export const isVerificationCode = (code: string | undefined): boolean =>
+  code !== undefined && X509_VERIFY_CODES.has(code)
+
 /** @internal */
 export const CERTIFICATE_VERIFY_FAILED = "SSL error: certificate verify failed"
 /** @internal */
@@ -79,13 +83,18 @@ export const protocolVersionHint = (min: string | undefined, max: string | undef
 /** OpenSSL's reason of a Node TLS error, e.g. `wrong version number` (from `reason` or the `ERR_SSL_*` code). */
 const reasonOf = (error: NodeJS.ErrnoException): string | undefined => {
   const reason = (error as { readonly reason?: unknown }).reason
-  if (typeof reason === "string" && reason !== "") {
-    // BoringSSL (Bun): `WRONG_VERSION_NUMBER` is OpenSSL's `wrong version number`
-    return /^[A-Z0-9_]+$/.test(reason) ? reason.toLowerCase().replaceAll("_", " ") : reason
-  }
+  // BoringSSL (Bun): `WRONG_VERSION_NUMBER` is OpenSSL's `wrong version number`
+  if (typeof reason === "string" && reason !== "") return openSslText(reason)
   const code = error.code ?? ""
-  return code.startsWith("ERR_SSL_") ? code.slice("ERR_SSL_".length).toLowerCase().replaceAll("_", " ") : undefined
+  if (code.startsWith("ERR_SSL_")) return code.slice("ERR_SSL_".length).toLowerCase().replaceAll("_", " ")
+  // OpenSSL's own text, e.g. BoringSSL's "error:100000f7:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER" (Bun)
+  const openssl = /^error:[0-9a-fA-F]+:[^:]*:[^:]*:([A-Za-z0-9_ ]+)$/.exec(error.message.trim())
+  if (openssl === null) return undefined
+  return openSslText(openssl[1]!)
 }
+
+const openSslText = (reason: string): string =>
+  /^[A-Z0-9_]+$/.test(reason) ? reason.toLowerCase().replaceAll("_", " ") : reason
 
 /**
  * libpq's text for a TLS handshake failure.
