@@ -1,6 +1,6 @@
 /**
  * Random fault schedules × random interrupt times × adapters: statements run concurrently on one adapter (a shared
- * node-postgres Client, postgres.js with one pipelining connection, `@effect/sql-pg` with two pooled connections)
+ * node-postgres Client, postgres.js pipelining on one connection, `@effect/sql-pg` with two pooled connections)
  * through a FaultProxy whose cancel connections and sessions get a random fault, a session maybe stalled half-way;
  * some statements are interrupted at random moments. Then:
  * - every interruption ended within its bound (`cancelTimeout + drainTimeout`, plus scheduling slack);
@@ -10,25 +10,17 @@
  *   may fail the statement after a retire (a known issue, docs/reliability.md);
  * - once the adapter's Scope closed, no socket of it is left open (the proxy saw every connection closed).
  */
-import * as PgClient from "@effect/sql-pg/PgClient"
 import { assert, layer } from "@effect/vitest"
-import { NodeTransport } from "@pqcancel/node"
-import * as PgAdapter from "@pqcancel/node/PgAdapter"
-import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
-import * as SqlPgAdapter from "@pqcancel/node/SqlPgAdapter"
 import { Arbitraries, EmbeddedPostgres, FaultProxy } from "@pqcancel/test-utils"
 import * as Arbitrary from "effect/Arbitrary"
 import * as Cause from "effect/Cause"
-import * as Context from "effect/Context"
-import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Schema from "effect/Schema"
-import type * as Scope from "effect/Scope"
+import { adapters, CANCELED } from "./faultSubjects.ts"
 import { interruptedOnly } from "./fixtures.ts"
 
 const CANCEL_TIMEOUT_MS = 500
@@ -36,6 +28,12 @@ const DRAIN_TIMEOUT_MS = 800
 /** what a loaded 2-core machine may add to a bound: scheduling, not the cancel */
 const SLACK_MS = 1500
 const bounds = { cancelTimeout: Duration.millis(CANCEL_TIMEOUT_MS), drainTimeout: Duration.millis(DRAIN_TIMEOUT_MS) }
+const sizes: Record<string, string> = {
+  "node-postgres Client": "one Client, shared",
+  // two connections: see docs/reliability.md's known issues
+  "postgres.js": "one pipelining connection",
+  "@effect/sql-pg": "two pooled connections"
+}
 
 /** The faults of one run */
 interface Schedule {
@@ -80,91 +78,10 @@ const sessionFault = (s: Schedule): FaultProxy.Fault | undefined =>
     ? { slice: true }
     : undefined
 
-/** A statement's failure, with the driver's message */
-class StatementFailed extends Data.TaggedError("StatementFailed")<{ readonly message: string }> {}
-const failed = (error: { readonly message: string }) => new StatementFailed({ message: error.message })
-
-/** An adapter under test: statements, and whether its connections were retired */
-interface Subject {
-  readonly run: (sql: string) => Effect.Effect<unknown, StatementFailed>
-  readonly retired: () => boolean
-}
-
-interface Adapter {
-  readonly name: string
-  /**
-   * a known issue (docs/reliability.md): after a retire, the pool's next statement may fail with an error matching
-   * this (instead of reconnecting)
-   */
-  readonly afterRetire?: RegExp
-  readonly open: (port: number) => Effect.Effect<Subject, never, Scope.Scope>
-}
-
-const adapters: ReadonlyArray<Adapter> = [
-  {
-    name: "node-postgres Client (shared)",
-    open: (port) =>
-      Effect.map(
-        Effect.orDie(PgAdapter.connect({ host: "127.0.0.1", port, user: "postgres" })),
-        (client): Subject => ({
-          run: (text) =>
-            PgAdapter.query(client, undefined, text, [], bounds).pipe(
-              Effect.mapError(failed),
-              Effect.provide(NodeTransport.layer)
-            ),
-          retired: () => PgAdapter.isRetired(client)
-        })
-      )
-  },
-  {
-    name: "postgres.js (one pipelining connection)",
-    afterRetire: /CONNECTION_CLOSED|CONNECT_TIMEOUT/,
-    open: (port) =>
-      Effect.map(
-        Effect.orDie(PostgresJsAdapter.make({
-          host: "127.0.0.1",
-          port,
-          user: "postgres",
-          database: "postgres",
-          max: 1,
-          onnotice: () => {},
-          cancel: bounds
-        })),
-        (sql): Subject => ({
-          run: (text) =>
-            PostgresJsAdapter.query(sql, (s) => s.unsafe(text)).pipe(
-              Effect.mapError(failed),
-              Effect.provide(NodeTransport.layer)
-            ),
-          // a pool reconnects a retired slot: its health is the next statement's
-          retired: () => false
-        })
-      )
-  },
-  {
-    name: "@effect/sql-pg (two pooled connections)",
-    open: (port) =>
-      Effect.gen(function*() {
-        const context = yield* Layer.build(
-          SqlPgAdapter.layer({ host: "127.0.0.1", port, username: "postgres", maxConnections: 2 }, bounds).pipe(
-            Layer.provide(NodeTransport.layer)
-          )
-        )
-        const sql = Context.get(context, PgClient.PgClient)
-        return {
-          run: (text: string) => Effect.mapError(sql.unsafe(text), failed),
-          retired: () => false
-        } satisfies Subject
-      }).pipe(Effect.orDie)
-  }
-]
-
-const CANCELED = "canceling statement due to user request"
-
 layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 seconds" })("faults × interrupts", (it) => {
   for (const adapter of adapters) {
     it.effect.prop(
-      `${adapter.name}: interrupts within their bound, no victim, no leak, healthy or retired`,
+      `${adapter.name} (${sizes[adapter.name]}): interrupts within their bound, no victim, no leak, healthy or retired`,
       {
         faults: schedule,
         scenario: Arbitraries.interruptScenario({ maxLength: 4, maxSleepMs: 300, maxInterruptMs: 150 })
@@ -172,9 +89,9 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
       ({ faults, scenario }) =>
         Effect.gen(function*() {
           const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
-          let unhandled = 0
-          const onUnhandled = () => {
-            unhandled++
+          const unhandled: Array<string> = []
+          const onUnhandled = (reason: unknown) => {
+            unhandled.push(reason instanceof Error ? `${reason.message}\n${reason.stack}` : String(reason))
           }
           process.on("unhandledRejection", onUnhandled)
           const proxy = yield* FaultProxy.make({ upstream: { port: cluster.port } })
@@ -187,7 +104,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
           })
           const outcomes = yield* Effect.scoped(
             Effect.gen(function*() {
-              const subject = yield* adapter.open(proxy.port)
+              const subject = yield* adapter.open(proxy.port, bounds, adapter.name === "postgres.js" ? 1 : 2)
               // the session is up before the statements (and the stall) begin
               yield* Effect.orDie(subject.run("SELECT 1"))
               if (faults.stallAfterMs !== null) {
@@ -245,7 +162,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
               }`
             )
           }
-          assert.strictEqual(unhandled, 0, "unhandled rejections")
+          assert.strictEqual(unhandled.join("\n---\n"), "", "unhandled rejections")
           assert.isTrue(yield* proxy.settled(0), "a socket left open")
         }),
       { timeout: 60_000, arbitrary: { runs: 6, maxShrinks: 2 } }
