@@ -353,6 +353,23 @@ const makeWith = Effect.fnUntraced(function*(session: SessionInfo, flavour: Flav
  * `PQcancelCreate`, failing like it: `connection not open`, `no cancellation key received`. The connection belongs
  * to the current Scope, which closes its socket (`PQcancelFinish`).
  *
+ * @example
+ * ```ts
+ * import { CancelConnection } from "@pqcancel/core"
+ * import * as Effect from "effect/Effect"
+ *
+ * declare const session: CancelConnection.SessionInfo
+ *
+ * // PQcancelCreate, then PQcancelStart + PQcancelPoll until done; the Scope finishes it (PQcancelFinish)
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   const connection = yield* CancelConnection.make(session)
+ *   yield* connection.start
+ *   let status = yield* connection.poll
+ *   while (status === "READING" || status === "WRITING") status = yield* connection.poll
+ *   return status === "OK" ? "dispatched" : yield* connection.errorMessage
+ * }))
+ * ```
+ *
  * @category constructors
  * @since 0.1.0
  */
@@ -390,6 +407,21 @@ export const makeLegacy = (
  * Cancel what a session is running, in one call: create, `blocking`, finish. Succeeds once the server has closed
  * the cancel connection (the request was dispatched; it may have found nothing to cancel). `retry` (a `Schedule`)
  * sends it again after transient failures; the default is libpq's single attempt.
+ *
+ * @example
+ * ```ts
+ * import { CancelConnection } from "@pqcancel/core"
+ * import { NodeTransport } from "@pqcancel/node"
+ * import * as Effect from "effect/Effect"
+ * import * as Schedule from "effect/Schedule"
+ *
+ * declare const session: CancelConnection.SessionInfo // e.g. PgAdapter.sessionInfo(client, options)
+ *
+ * // PQcancelBlocking bounded by connect_timeout, sent again (up to 3 times) after a refused or reset connection
+ * const program = CancelConnection.cancel(session, { retry: Schedule.recurs(3) }).pipe(
+ *   Effect.provide(NodeTransport.layer)
+ * )
+ * ```
  *
  * @category combinators
  * @since 0.1.0
@@ -490,6 +522,20 @@ const traced = <A, E, R>(session: SessionInfo, effect: Effect.Effect<A, E, R>): 
 /**
  * Cancel what many sessions are running (e.g. at shutdown), at most `concurrency` at a time (default 32) so the
  * event loop and the server's postmaster are not flooded; each outcome is reported, none stops the others.
+ *
+ * @example
+ * ```ts
+ * import { CancelConnection } from "@pqcancel/core"
+ * import * as Effect from "effect/Effect"
+ * import * as Result from "effect/Result"
+ *
+ * declare const sessions: ReadonlyArray<CancelConnection.SessionInfo>
+ *
+ * const atShutdown = Effect.gen(function*() {
+ *   const outcomes = yield* CancelConnection.cancelAll(sessions, { concurrency: 8, timeout: "2 seconds" })
+ *   return outcomes.filter(Result.isFailure).length // how many could not be dispatched
+ * })
+ * ```
  *
  * @category combinators
  * @since 0.1.0

@@ -83,6 +83,18 @@ export class CancelTimeout extends Schema.TaggedError<CancelTimeout>("@pqcancel/
  * Whether sending the cancel again may succeed: a timeout, or a {@link CancelFailed} marked `transient`. This is
  * what the `retry` schedules of `CancelConnection.cancel`, `blocking` and `cancelOnInterrupt` are applied to.
  *
+ * @example
+ * ```ts
+ * import { CancelConnection, CancelError } from "@pqcancel/core"
+ * import * as Effect from "effect/Effect"
+ *
+ * declare const session: CancelConnection.SessionInfo
+ *
+ * const program = CancelConnection.cancel(session).pipe(
+ *   Effect.catchIf(CancelError.isTransient, () => CancelConnection.cancel(session)) // once more, only if it may help
+ * )
+ * ```
+ *
  * @category guards
  * @since 0.1.0
  */

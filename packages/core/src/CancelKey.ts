@@ -169,6 +169,17 @@ export const unsafeMake = (input: CancelKeyInput): CancelKey =>
  * Decodes the body of a `BackendKeyData` ('K') message (PID + key, i.e. the bytes after the type byte and the length
  * word) into a {@link CancelKey}, with libpq 18's checks and messages.
  *
+ * @example
+ * ```ts
+ * import { CancelKey } from "@pqcancel/core"
+ * import * as Result from "effect/Result"
+ *
+ * // the body of a BackendKeyData message under protocol 3.0: pid 4242, a 4-byte key
+ * const body = new Uint8Array([0, 0, 0x10, 0x92, 1, 2, 3, 4])
+ * const key = CancelKey.fromBackendKeyData(body, "3.0") // Result.succeed({ pid: 4242, secret: <redacted>, … })
+ * if (Result.isSuccess(key)) console.log(key.success.pid)
+ * ```
+ *
  * @category constructors
  * @since 0.1.0
  */

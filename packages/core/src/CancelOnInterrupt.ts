@@ -165,6 +165,20 @@ export interface Options extends Policy {
  * child fiber (so it keeps reading the server's answer while the cancel is sent); an adapter whose driver reports a
  * statement's end through a callback can avoid that fiber with `AdapterKit.statement`.
  *
+ * @example
+ * ```ts
+ * import { CancelConnection, CancelOnInterrupt } from "@pqcancel/core"
+ * import * as Effect from "effect/Effect"
+ *
+ * declare const session: CancelConnection.SessionInfo // the session that will run the query
+ * declare const runQuery: Effect.Effect<ReadonlyArray<unknown>> // your driver's query on that session
+ *
+ * // a timeout interrupts ⇒ the query is cancelled on the server and has ended when the timeout completes
+ * const bounded = CancelOnInterrupt.cancelOnInterrupt(runQuery, { session, drainTimeout: "5 seconds" }).pipe(
+ *   Effect.timeout("1 second")
+ * )
+ * ```
+ *
  * @category combinators
  * @since 0.1.0
  */

@@ -806,6 +806,20 @@ export const fromStringResult = (s: string, env: Env = {}): Result.Result<Connec
  * Parses a connection string (URI or keyword/value), applies the given environment's `PG*` variables and libpq's
  * built-in defaults, and validates the result like libpq. Without `env`, no environment variables are used.
  *
+ * @example
+ * ```ts
+ * import { ConnectionOptions } from "@pqcancel/core"
+ * import * as Effect from "effect/Effect"
+ *
+ * const program = Effect.gen(function*() {
+ *   // a keyword/value string or a URI, then the given PG* variables, then libpq's defaults
+ *   const options = yield* ConnectionOptions.fromString("postgresql://db.internal:5433/app?sslmode=verify-full", {
+ *     PGCONNECT_TIMEOUT: "5"
+ *   })
+ *   return [options.sslmode, options.connectTimeout] // ["verify-full", 5]
+ * })
+ * ```
+ *
  * @category constructors
  * @since 0.1.0
  */

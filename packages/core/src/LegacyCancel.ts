@@ -58,6 +58,23 @@ export type LegacyResult = { readonly ok: true } | { readonly ok: false; readonl
 /**
  * `PQgetCancel`: undefined when the session's socket is not open.
  *
+ * @example
+ * ```ts
+ * import { CancelConnection, LegacyCancel } from "@pqcancel/core"
+ * import * as Effect from "effect/Effect"
+ *
+ * declare const session: CancelConnection.SessionInfo
+ *
+ * // PQgetCancel + PQcancel + PQfreeCancel: plaintext by design (as libpq's), bounded at 30 s
+ * const program = Effect.gen(function*() {
+ *   const handle = LegacyCancel.getCancel(session)
+ *   if (handle === undefined) return "connection not open"
+ *   const result = yield* LegacyCancel.cancel(handle)
+ *   LegacyCancel.freeCancel(handle)
+ *   return result.ok ? "dispatched" : result.error
+ * })
+ * ```
+ *
  * @category constructors
  * @since 0.1.0
  */

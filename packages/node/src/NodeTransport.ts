@@ -447,6 +447,17 @@ export const layerWith = (options: { readonly gss?: NodeGss.Options | false | un
 /**
  * The Node transport as a Layer.
  *
+ * @example
+ * ```ts
+ * import { CancelConnection } from "@pqcancel/core"
+ * import { NodeTransport } from "@pqcancel/node"
+ * import * as Effect from "effect/Effect"
+ *
+ * declare const session: CancelConnection.SessionInfo
+ *
+ * const program = CancelConnection.cancel(session).pipe(Effect.provide(NodeTransport.layer))
+ * ```
+ *
  * @category layers
  * @since 0.1.0
  */

@@ -120,6 +120,17 @@ const toQueryError = (error: unknown): PgQueryError =>
 /**
  * A connected `pg.Client` owned by the current Scope (ended when the Scope closes).
  *
+ * @example
+ * ```ts
+ * import * as PgAdapter from "@pqcancel/node/PgAdapter"
+ * import * as Effect from "effect/Effect"
+ *
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   const client = yield* PgAdapter.connect({ connectionString: "postgres://app@db.internal/app?sslmode=verify-full" })
+ *   return PgAdapter.isRetired(client) // false: ended by the Scope, or retired by the adapter after an unsafe cancel
+ * }))
+ * ```
+ *
  * @category constructors
  * @since 0.1.0
  */
@@ -167,6 +178,20 @@ const verifiedName = (client: pg.Client): string => {
  * | `host` is a unix socket directory | no TLS | no TLS (libpq never negotiates on unix sockets) |
  *
  * node-postgres has no GSS encryption: `gssencmode=disable`.
+ *
+ * @example
+ * ```ts
+ * import * as PgAdapter from "@pqcancel/node/PgAdapter"
+ * import * as Effect from "effect/Effect"
+ * import type pg from "pg"
+ *
+ * declare const client: pg.Client
+ *
+ * // the cancel's options from the client, with a bound on sending the cancel
+ * const options = PgAdapter.optionsFromClient(client, { connect_timeout: "3" }).pipe(
+ *   Effect.map((options) => options.sslmode) // e.g. "verify-full" for `ssl: true`
+ * )
+ * ```
  *
  * @category constructors
  * @since 0.1.0
@@ -396,6 +421,21 @@ const kit = AdapterKit.make<pg.Client, PgStatement, PgNotConnected | PgInternals
  * shared by many fibers: see the module documentation. `options` are the cancel's connection options; `undefined`
  * derives them from the client ({@link optionsFromClient}). A query that is never interrupted costs a few closures:
  * the client's cancel target is read once, on its first query.
+ *
+ * @example
+ * ```ts
+ * import { NodeTransport } from "@pqcancel/node"
+ * import * as PgAdapter from "@pqcancel/node/PgAdapter"
+ * import * as Effect from "effect/Effect"
+ * import type pg from "pg"
+ *
+ * declare const client: pg.Client // connected, possibly shared by many fibers
+ *
+ * const report = PgAdapter.query<{ total: number }>(client, undefined, "SELECT sum(amount) AS total FROM sale").pipe(
+ *   Effect.timeout("2 seconds"), // interrupts ⇒ cancelled on the server; the client is idle again afterwards
+ *   Effect.provide(NodeTransport.layer)
+ * )
+ * ```
  *
  * @category combinators
  * @since 0.1.0

@@ -472,6 +472,21 @@ const create = (urlOrOptions: string | Options, maybeOptions: Options | undefine
  * Creates a postgres.js instance (`postgres(url, options)` or `postgres(options)`) whose queries {@link query} can
  * cancel, owned by the Scope (`sql.end()` when it closes). The same instance is a normal `Sql` for everything else.
  *
+ * @example
+ * ```ts
+ * import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
+ * import * as Effect from "effect/Effect"
+ *
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   const sql = yield* PostgresJsAdapter.make("postgres://app@db.internal/app", {
+ *     ssl: "verify-full",
+ *     max: 10,
+ *     cancel: { drainTimeout: "5 seconds" } // the adapter's options
+ *   })
+ *   return sql // an ordinary postgres.js Sql; run queries through PostgresJsAdapter.query
+ * }))
+ * ```
+ *
  * @category constructors
  * @since 0.1.0
  */
@@ -523,6 +538,24 @@ const close = async (sql: postgres.Sql<{}>): Promise<void> => {
  * session (transactions with `BEGIN`/`COMMIT`, session settings). Released when the Scope closes — unless a cancel
  * made it unsafe: it is then retired (its socket closed, postgres.js reconnects that slot on demand) and never
  * released; later {@link query} calls on it fail with a `PostgresJsAdapterError`.
+ *
+ * @example
+ * ```ts
+ * import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
+ * import * as Effect from "effect/Effect"
+ * import type postgres from "postgres"
+ *
+ * declare const sql: postgres.Sql<{}>
+ *
+ * // statements that must share one session: a session-level advisory lock around the work
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   const session = yield* PostgresJsAdapter.reserve(sql)
+ *   yield* PostgresJsAdapter.query(session, (s) => s`SELECT pg_advisory_lock(42)`)
+ *   const jobs = yield* PostgresJsAdapter.query(session, (s) => s`SELECT count(*) FROM jobs`)
+ *   yield* PostgresJsAdapter.query(session, (s) => s`SELECT pg_advisory_unlock(42)`)
+ *   return jobs
+ * }))
+ * ```
  *
  * @category constructors
  * @since 0.1.0
@@ -773,6 +806,21 @@ const driftCheck = (m: Managed, query: object): void => {
  * interrupted (or the query's `.signal()` aborts), cancels it on the server — only when that cannot reach another
  * statement — and waits, bounded, for it to end before the interruption completes. A query that postgres.js has
  * not written yet is withdrawn instead (it never runs). `sql` is an instance from {@link make} or {@link reserve}.
+ *
+ * @example
+ * ```ts
+ * import { NodeTransport } from "@pqcancel/node"
+ * import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
+ * import * as Effect from "effect/Effect"
+ * import type postgres from "postgres"
+ *
+ * declare const sql: postgres.Sql<{}> // from PostgresJsAdapter.make
+ *
+ * const active = PostgresJsAdapter.query(sql, (sql) => sql<Array<{ id: number }>>`SELECT id FROM users`).pipe(
+ *   Effect.timeout("1 second"), // interrupts ⇒ cancelled on the server (or withdrawn if not yet sent)
+ *   Effect.provide(NodeTransport.layer)
+ * )
+ * ```
  *
  * @category combinators
  * @since 0.1.0

@@ -707,6 +707,26 @@ export const make = Effect.fnUntraced(function*(
  * The `PgClient` and `SqlClient` services, like `PgClient.layer(config)`, with cancel-on-interrupt through pqcancel
  * (see {@link make}). Needs a `Transport` (`NodeTransport.layer`).
  *
+ * @example
+ * ```ts
+ * import { NodeTransport } from "@pqcancel/node"
+ * import * as SqlPgAdapter from "@pqcancel/node/SqlPgAdapter"
+ * import * as Effect from "effect/Effect"
+ * import * as Layer from "effect/Layer"
+ * import * as Redacted from "effect/Redacted"
+ * import * as SqlClient from "effect/sql/SqlClient"
+ *
+ * const SqlLive = SqlPgAdapter.layer(
+ *   { url: Redacted.make("postgres://app@db.internal/app?sslmode=verify-full"), maxConnections: 10 },
+ *   { drainTimeout: "5 seconds" }
+ * ).pipe(Layer.provide(NodeTransport.layer))
+ *
+ * const program = Effect.gen(function*() {
+ *   const sql = yield* SqlClient.SqlClient
+ *   return yield* sql`SELECT pg_sleep(60)`.pipe(Effect.timeoutOption("1 second")) // cancelled on the server
+ * }).pipe(Effect.provide(SqlLive))
+ * ```
+ *
  * @category layers
  * @since 0.1.0
  */
