@@ -16,6 +16,7 @@
  * const program = CancelConnection.cancel(session).pipe(Effect.provide(BunTransport.layer))
  * ```
  *
+ * @module
  * @since 0.1.0
  */
 import type { CancelMachine } from "@pqcancel/core"
