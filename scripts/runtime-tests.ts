@@ -40,18 +40,23 @@ interface Pass {
   readonly env?: Record<string, string>
 }
 
+// the package's own vitest project only (not its second ones, e.g. the oldest drivers' aliased installs)
+const nodeProject = ["--project", "@pqcancel/node"]
 const bunVitest = [bin("bun"), ["--bun", vitest, "run", "--pool=threads"]] as const
 const runtimes: Record<"bun" | "deno" | "workerd", ReadonlyArray<Pass>> = {
   bun: [
     // NodeTransport on Bun's node:net / node:tls, then BunTransport in its place (Bun.connect)
-    { command: bunVitest[0], args: [...bunVitest[1], ...conformanceFiles] },
+    { command: bunVitest[0], args: [...bunVitest[1], ...nodeProject, ...conformanceFiles] },
     {
       command: bunVitest[0],
       args: [...bunVitest[1], "--config", "packages/node/vitest.bun-transport.config.ts", ...conformanceFiles],
       env: { PQCANCEL_TRANSPORT: "bun" }
     }
   ],
-  deno: [{ command: bin("deno"), args: ["run", "-A", vitest, "run", "--pool=forks", ...conformanceFiles] }],
+  deno: [{
+    command: bin("deno"),
+    args: ["run", "-A", vitest, "run", "--pool=forks", ...nodeProject, ...conformanceFiles]
+  }],
   workerd: [{
     command: process.execPath,
     args: [vitest, "run", "--config", "packages/cloudflare/vitest.workerd.config.ts"]
