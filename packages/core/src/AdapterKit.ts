@@ -161,6 +161,20 @@ export interface AdapterKit<Conn extends object, Stmt, E> {
     statement: (fiber: Fiber.Fiber<A, EA>) => Stmt,
     query: Effect.Effect<A, EA, R>
   ) => Effect.Effect<A, EA | E, R | Transport>
+  /**
+   * Runs one statement, as {@link AdapterKit.statement}, of a driver that picks the connection after the statement
+   * started (a pool that queues and pipelines statements itself, e.g. postgres.js): `connectionOf` names the
+   * connection that holds it — asked only after an interruption, before each `locate` (`locate` then gets what it
+   * returned: the port's own object for "on no connection yet", when `Conn` is a union). The connection's target is
+   * read when `locate` first says `"running"` (once per connection, cached as for `statement`); a target that
+   * cannot be read then makes it `"elsewhere"` (no cancel). `target` must succeed for every object `connectionOf`
+   * returns when the statement is retired without having run (it labels the retirement's metric).
+   */
+  readonly pooled: <A, EA>(
+    policy: CancelOnInterrupt.Policy | undefined,
+    start: (done: (exit: Exit.Exit<A, EA>) => void) => Stmt,
+    connectionOf: (statement: Stmt) => Conn
+  ) => Effect.Effect<A, EA, Transport>
   /** whether the adapter retired the connection */
   readonly isRetired: (connection: Conn) => boolean
 }
@@ -288,5 +302,51 @@ export const make = <Conn extends object, Stmt, E>(port: DriverPort<Conn, Stmt, 
       return Interruption.forked(query, (fiber) => settings(connection, toStatement(fiber), session.success, policy))
     })
 
-  return { port, target, statement, effect, isRetired: port.isRetired }
+  const pooled = <A, EA>(
+    policy: CancelOnInterrupt.Policy | undefined,
+    start: (done: (exit: Exit.Exit<A, EA>) => void) => Stmt,
+    connectionOf: (statement: Stmt) => Conn
+  ): Effect.Effect<A, EA, Transport> =>
+    Effect.callback<A, EA, Transport>((resume) => {
+      const pending = new Pending<A, EA>(resume)
+      const stmt = start(pending.done)
+      const context = Fiber.getCurrent()!.context as Context.Context<Transport>
+      return Effect.suspend(() => {
+        if (pending.exit !== undefined) return Effect.void
+        // the connection that runs it, once located "running" (its target read then)
+        let running: { readonly connection: Conn; readonly session: CancelConnection.SessionInfo } | undefined
+        const locate = Effect.suspend(() => {
+          const connection = connectionOf(stmt)
+          const where = port.locate(connection, stmt)
+          return Effect.map(typeof where === "string" ? Effect.succeed(where) : where, (where) => {
+            if (where !== "running") return where
+            const session = target(connection)
+            if (Result.isFailure(session)) return "elsewhere" as const
+            running = { connection, session: session.success }
+            return where
+          })
+        })
+        // what a retirement is counted under when it was never located "running" (the port's target of whatever
+        // holds it: a port makes `target` succeed for every object `connectionOf` returns)
+        const session = (): CancelConnection.SessionInfo => {
+          if (running !== undefined) return running.session
+          const read = target(connectionOf(stmt))
+          if (Result.isFailure(read)) throw new Error(`${port.driver}: no cancel target for a retired statement`)
+          return read.success
+        }
+        const settings: Interruption.Settings = {
+          ...policy,
+          session,
+          locate,
+          awaitTurn: port.awaitTurn === undefined
+            ? undefined
+            : Effect.suspend(() => port.awaitTurn!(connectionOf(stmt), stmt)),
+          isCanceled: port.isCanceled,
+          onUnsafe: (reason) => port.retire(running?.connection ?? connectionOf(stmt), reason)
+        }
+        return Effect.provideContext(Interruption.afterInterrupt(pending.handle(), settings), context)
+      })
+    })
+
+  return { port, target, statement, effect, pooled, isRetired: port.isRetired }
 }

@@ -49,22 +49,18 @@
  * @module
  * @since 0.1.0
  */
-import { CancelConnection, ConnectionOptions } from "@pqcancel/core"
-import type { CancelError, CancelMachine } from "@pqcancel/core"
-import { isTransient } from "@pqcancel/core/CancelError"
-import * as CancelMetrics from "@pqcancel/core/CancelMetrics"
+import { AdapterKit, ConnectionOptions } from "@pqcancel/core"
+import type { CancelConnection, CancelError, CancelMachine } from "@pqcancel/core"
 import type * as CancelOnInterrupt from "@pqcancel/core/CancelOnInterrupt"
 import type { Transport } from "@pqcancel/core/Transport"
-import * as Clock from "effect/Clock"
+import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as Option from "effect/Option"
 import * as Result from "effect/Result"
-import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
-import * as Scope from "effect/Scope"
+import type * as Scope from "effect/Scope"
 import * as Dns from "node:dns"
 import * as Net from "node:net"
 import * as Path from "node:path"
@@ -115,29 +111,13 @@ export class PostgresJsAdapterError
 // -----------------------------------------------------------------------------
 
 /**
- * How the adapter cancels: the bounds and the pooler option (the names `CancelOnInterrupt` uses).
+ * How the adapter cancels: the policy every adapter shares ({@link CancelOnInterrupt.Policy}: `cancelTimeout`,
+ * `drainTimeout`, `retry`, `recancelInterval`, `retireUnlessCanceled`, `onNotCanceled`).
  *
  * @category models
  * @since 0.1.0
  */
-export interface AdapterOptions {
-  /** bound on sending one cancel, retries included (default: postgres.js's `connect_timeout`, at most 10 s) */
-  readonly cancelTimeout?: Duration.Input | undefined
-  /** bound on waiting for the interrupted query to end (default 5 s); the connection is retired when it does not */
-  readonly drainTimeout?: Duration.Input | undefined
-  /** when to send a cancel again after a transient failure (default: exponential from 20 ms, within the bound) */
-  readonly retry?: Schedule.Schedule<unknown, CancelError.CancelFailed | CancelError.CancelTimeout> | undefined
-  /** while the cancelled query still runs, send the cancel again after this long (default 500 ms) */
-  readonly recancelInterval?: Duration.Input | undefined
-  /**
-   * retire the connection unless the interrupted query ended with SQLSTATE 57014: set it when postgres.js talks to
-   * PostgreSQL through a pooler or proxy (PgBouncer, pgcat, RDS Proxy…) that closes the cancel connection before it
-   * forwards the request, so a late cancel could hit the next query
-   */
-  readonly retireUnlessCanceled?: boolean | undefined
-  /** a cancel was sent but the query completed (or failed by itself) first; default: a warning in the log */
-  readonly onNotCanceled?: ((exit: Exit.Exit<unknown, unknown>) => Effect.Effect<void>) | undefined
-}
+export type AdapterOptions = CancelOnInterrupt.Policy
 
 // -----------------------------------------------------------------------------
 // the cancel's options, from what the user gave postgres.js
@@ -237,11 +217,14 @@ interface Managed {
   readonly reserved: { retired: boolean } | undefined
   /** the drift check of the driver's per-query state: undefined until a query went through a connection */
   readonly checked: { done: boolean; error: PostgresJsAdapterError | undefined }
-  /** owns the cancels still going on after an interruption completed (closed with the `sql`) */
-  readonly scope: Scope.Closeable
+  /** the first host and an address of it: what a statement on no session is counted under when it is retired */
+  readonly firstHost: ConnectionOptions.HostEntry
+  readonly firstAddress: CancelMachine.RemoteAddress
 }
 
 const managed = new WeakMap<object, Managed>()
+/** the `sql` whose socket factory opened a session */
+const managedOfWire = new WeakMap<Wire, Managed>()
 
 // -----------------------------------------------------------------------------
 // the socket factory
@@ -290,7 +273,8 @@ const socketFactory = (
   },
   sessions: Map<string, Wire>,
   wires: Set<Wire>,
-  connectTimeoutSeconds: number
+  connectTimeoutSeconds: number,
+  onWire: (wire: Wire) => void
 ) => {
   const all = targets(parsed)
   const path = typeof parsed.path === "string" ? parsed.path : undefined
@@ -315,6 +299,7 @@ const socketFactory = (
         }
         const wire = new Wire(stream, target.host, recorded, (w) => sessions.set(w.id!, w))
         wires.add(wire)
+        onWire(wire)
         stream.raw.once("close", () => {
           wires.delete(wire)
           if (wire.id !== undefined && sessions.get(wire.id) === wire) sessions.delete(wire.id)
@@ -435,12 +420,14 @@ const create = (urlOrOptions: string | Options, maybeOptions: Options | undefine
     : undefined
   const sessions = new Map<string, Wire>()
   const wires = new Set<Wire>()
+  const owner: { managed: Managed | undefined } = { managed: undefined }
   const factory = socketFactory(
     parsed,
     { options: sessionOptions, servername, identityCheck },
     sessions,
     wires,
-    connectTimeout
+    connectTimeout,
+    (wire) => managedOfWire.set(wire, owner.managed!)
   )
   const driverConfig = {
     ...driverOptions,
@@ -453,7 +440,8 @@ const create = (urlOrOptions: string | Options, maybeOptions: Options | undefine
     port: parsed.port[0]
   }
   const sql = (url === undefined ? make(driverConfig) : make(url, driverConfig)) as postgres.Sql<{}>
-  managed.set(sql, {
+  const first = targets(parsed)[0]!
+  const m: Managed = {
     reader,
     sessions,
     wires,
@@ -463,8 +451,13 @@ const create = (urlOrOptions: string | Options, maybeOptions: Options | undefine
     adapter,
     reserved: undefined,
     checked: { done: false, error: undefined },
-    scope: Scope.makeUnsafe()
-  })
+    firstHost: first.host,
+    firstAddress: first.host._tag === "Unix"
+      ? { _tag: "Unix", path: typeof parsed.path === "string" ? parsed.path : "" }
+      : { _tag: "Tcp", address: first.hostname ?? "", port: first.host.port, family: 4 }
+  }
+  managed.set(sql, m)
+  owner.managed = m
   return sql
 }
 
@@ -500,14 +493,7 @@ export const make: {
       catch: (error) =>
         error instanceof PostgresJsAdapterError ? error : new PostgresJsAdapterError({ message: errorMessage(error) })
     }),
-    (sql) =>
-      Effect.andThen(
-        Effect.suspend(() => {
-          const m = managed.get(sql)
-          return m === undefined ? Effect.void : Scope.close(m.scope, Exit.void)
-        }),
-        Effect.promise(() => close(sql))
-      )
+    (sql) => Effect.promise(() => close(sql))
   )
 
 /**
@@ -616,178 +602,119 @@ const isCanceled = (exit: Exit.Exit<unknown, unknown>): boolean =>
 
 const aborted = () => new PostgresJsQueryError({ message: "canceling statement due to user request", code: "57014" })
 
-/** One query run through the adapter: its postgres.js query and how it ended */
-class Tracked<A> {
-  query: object | undefined = undefined
-  ended: Exit.Exit<A, PostgresJsQueryError> | undefined = undefined
-  /** a cancel (interrupt or abort signal) has begun: the other one does nothing */
-  cancelling = false
-  /** its turn came: a cancel is being sent (its outcome is waited for, bounded by cancelTimeout and drainTimeout) */
-  sending = false
-  private waiters: Array<() => void> | undefined = undefined
+// -----------------------------------------------------------------------------
+// the driver port
+// -----------------------------------------------------------------------------
 
-  end(exit: Exit.Exit<A, PostgresJsQueryError>): void {
-    if (this.ended !== undefined) return
-    this.ended = exit
-    const waiters = this.waiters
-    if (waiters === undefined) return
-    for (const wake of waiters) wake()
-  }
-
-  /** waits until the query ended (its exit), at most `millis` (then undefined; `Infinity`: until it ended) */
-  await(millis: number): Effect.Effect<Exit.Exit<A, PostgresJsQueryError> | undefined> {
-    return Effect.callback((resume) => {
-      if (this.ended !== undefined || millis <= 0) return resume(Effect.succeed(this.ended))
-      let timer: ReturnType<typeof setTimeout> | undefined
-      const forget = () => {
-        if (timer !== undefined) clearTimeout(timer)
-        this.waiters = this.waiters?.filter((w) => w !== wake)
-      }
-      const wake = () => {
-        forget()
-        resume(Effect.succeed(this.ended))
-      }
-      if (Number.isFinite(millis)) timer = setTimeout(wake, Math.min(millis, 2_147_483_647))
-      ;(this.waiters ??= []).push(wake)
-      return Effect.sync(forget)
-    })
-  }
+/** One statement of the adapter: the postgres.js query, and the `sql` it runs on */
+interface Statement {
+  readonly query: object
+  readonly managed: Managed
 }
 
-const defaultRetry: Schedule.Schedule<unknown, CancelError.CancelFailed | CancelError.CancelTimeout> = Schedule
-  .exponential("20 millis")
+/** the reserved connection a session serves, once one of its statements was located on it */
+const reservedOf = new WeakMap<Wire, { retired: boolean }>()
 
-/** how often a query waiting for its turn is looked at */
-const TURN_POLL_MS = 1
+/** how often a statement waiting for its turn is looked at */
+const TURN_POLL = Duration.millis(1)
 
-/**
- * The cancel of one query (its fiber interrupted, or its signal aborted), run in the `sql`'s scope: withdraw it if
- * it is not written; else hold the connection's writes, wait for its turn, and cancel it only when nothing else is
- * on the wire behind it (then wait, bounded, for it to end; retire the connection when that cannot be confirmed).
- * With statements written behind it, it is not cancelled: it runs to its end (never retired: nothing was sent).
- */
-const cancelQuery = Effect.fnUntraced(function*<A>(t: Tracked<A>, m: Managed) {
-  const q = t.query
-  if (q === undefined || t.ended !== undefined) return
-  const reader = m.reader
-  const place = reader.place(q)
-  if (place === "unwritten") return reader.withdraw(q)
-  const key = reader.session(q)
-  const wire = key === undefined ? undefined : m.sessions.get(sessionId(key.pid, key.secret))
-  // not located (a connection that is gone, or a driver state of another shape): no cancel
-  if (wire === undefined || wire.retired || place === undefined) return
-  const adapter = m.adapter
-  const sessionInfo = (): CancelConnection.SessionInfo => ({
-    options: wire.encrypted && m.encryptedOptions !== undefined ? m.encryptedOptions : m.plainOptions,
-    host: wire.encrypted && wire.host._tag === "Tcp" && m.servername !== undefined
-      ? { ...wire.host, host: m.servername }
-      : wire.host,
-    address: wire.address,
-    key: wire.key,
-    open: !wire.socket.destroyed
-  })
-  const retire = CancelMetrics.countRetired<CancelOnInterrupt.UnsafeReason>(sessionInfo, () =>
-    Effect.sync(() => {
-      if (m.reserved !== undefined) m.reserved.retired = true
-      wire.retire()
-    }))
-  wire.gate()
-  let gated = true
-  let cancelling = false
-  try {
-    // 1. its turn: the server runs it, with nothing else on the wire behind it
-    for (;;) {
-      if (t.ended !== undefined) return
-      const head = reader.place(q) === "head"
-      const outstanding = wire.outstanding
-      if (head && outstanding === 1) break
-      if (head && outstanding > 1) {
-        // statements were written behind it: a cancel could reach one of them should it end first. It runs to its
-        // end; what is held meanwhile can go (nothing will be sent for it)
-        gated = false
-        wire.ungate()
-        return yield* t.await(Infinity)
-      }
-      // the server is idle and the driver's next statement is held (its, or one ahead of it): let that one, and only
-      // that one, go — unless a cancel is on its way on this session
-      if (outstanding === 0 && wire.holding && wire.cancelling === 0) wire.releaseFirst()
-      yield* t.await(TURN_POLL_MS)
-    }
-    cancelling = true
-    wire.cancelling++
-    t.sending = true
-    // 2. cancel, again while it still runs, until it ended or the bound passed
-    const session = sessionInfo()
-    const cancelTimeout = Duration.fromInputUnsafe(
-      adapter.cancelTimeout ?? Duration.seconds(session.options.connectTimeout ?? 5)
-    )
-    const retry = (adapter.retry ?? defaultRetry).pipe(Schedule.upTo({ duration: cancelTimeout }))
-    const send = CancelConnection.cancel(session, { timeout: cancelTimeout, retry })
-    const recancelMs = Duration.toMillis(Duration.fromInputUnsafe(adapter.recancelInterval ?? Duration.millis(500)))
-    const deadline = (yield* Clock.currentTimeMillis) + drainMillis(m)
-    const remaining = Effect.map(Clock.currentTimeMillis, (now) => deadline - now)
-    let unconfirmed: CancelError.CancelCreateError | CancelError.CancelFailed | CancelError.CancelTimeout | undefined
-    while (t.ended === undefined) {
-      const sent = yield* Effect.exit(send)
-      if (Exit.isFailure(sent)) {
-        const failure = Option.getOrUndefined(Exit.findErrorOption(sent))
-        unconfirmed = failure ?? unconfirmed
-        if (failure !== undefined && !isTransient(failure)) {
-          // sending it again would fail the same way: retire the session now (the query may still run)
-          return yield* retire({ _tag: "CancelNotConfirmed", error: failure })
-        }
-      }
-      const left = yield* remaining
-      if (left <= 0) break
-      yield* t.await(Math.min(left, recancelMs))
-      if (t.ended === undefined && (reader.place(q) !== "head" || wire.outstanding !== 1)) {
-        yield* t.await(yield* remaining)
-        break
-      }
-    }
-    const ended = t.ended
-    if (ended === undefined) {
-      return yield* retire(
-        unconfirmed === undefined ? { _tag: "QueryDidNotEnd" } : { _tag: "CancelNotConfirmed", error: unconfirmed }
-      )
-    }
-    // a cancel whose dispatch was not confirmed may still reach the backend
-    if (unconfirmed !== undefined) return yield* retire({ _tag: "CancelNotConfirmed", error: unconfirmed })
-    if (isCanceled(ended)) return
-    if (adapter.retireUnlessCanceled === true) return yield* retire({ _tag: "NotCanceled" })
-    yield* (adapter.onNotCanceled ?? defaultNotCanceled)(ended)
-  } finally {
-    if (cancelling) wire.cancelling--
-    if (gated) wire.ungate()
-  }
+/** the session (`Wire`) holding a statement, or its `sql` when it is on no connection (yet) */
+const holderOf = (statement: Statement): Wire | Managed => {
+  const key = statement.managed.reader.session(statement.query)
+  const wire = key === undefined ? undefined : statement.managed.sessions.get(sessionId(key.pid, key.secret))
+  return wire ?? statement.managed
+}
+
+const sessionOf = (wire: Wire, m: Managed): CancelConnection.SessionInfo => ({
+  options: wire.encrypted && m.encryptedOptions !== undefined ? m.encryptedOptions : m.plainOptions,
+  host: wire.encrypted && wire.host._tag === "Tcp" && m.servername !== undefined
+    ? { ...wire.host, host: m.servername }
+    : wire.host,
+  address: wire.address,
+  key: wire.key,
+  open: !wire.socket.destroyed
 })
 
-const drainMillis = (m: Managed): number =>
-  Duration.toMillis(Duration.fromInputUnsafe(m.adapter.drainTimeout ?? Duration.seconds(5)))
+/**
+ * Where an interrupted statement is. From the first look on, what postgres.js writes to the session is held back
+ * (until the interruption is over): the statements on the wire are then the only ones the server can run.
+ * - not written: withdrawn (postgres.js never writes it);
+ * - the one the server runs, with nothing else on the wire behind it: `"running"` (a cancel can reach nothing else);
+ * - the one the server runs, with statements already written behind it: `"elsewhere"` (a cancel could reach one of
+ *   them should it end first: no cancel);
+ * - written behind another one, or next but still held: `"behind"` (its turn is awaited).
+ */
+const locate = (
+  holder: Wire | Managed,
+  statement: Statement
+): CancelOnInterrupt.Location | Effect.Effect<CancelOnInterrupt.Location, never, Scope.Scope> => {
+  const { managed: m, query: q } = statement
+  const place = m.reader.place(q)
+  if (place === "unwritten") {
+    m.reader.withdraw(q)
+    return "withdrawn"
+  }
+  if (!(holder instanceof Wire) || holder.retired || place === undefined || holder.key === undefined) {
+    return "elsewhere"
+  }
+  const wire = holder
+  if (m.reserved !== undefined) reservedOf.set(wire, m.reserved)
+  return Effect.suspend(() => {
+    const hold = Effect.acquireRelease(Effect.sync(() => wire.gate()), () => Effect.sync(() => wire.ungate()))
+    return Effect.flatMap(hold, () => {
+      const head = m.reader.place(q) === "head"
+      const outstanding = wire.outstanding
+      if (head && outstanding === 1) {
+        // no held statement goes out until this interruption is over
+        return Effect.as(
+          Effect.acquireRelease(
+            Effect.sync(() => wire.cancelling++),
+            () => Effect.sync(() => wire.cancelling--)
+          ),
+          "running" as const
+        )
+      }
+      return Effect.succeed(head && outstanding > 1 ? "elsewhere" as const : "behind" as const)
+    })
+  })
+}
 
 /**
- * Starts the cancel of a query in the `sql`'s scope and waits for it: a cancel that is being sent to its end (bounded
- * by `cancelTimeout` and `drainTimeout`); a query still waiting for its turn at most `drainTimeout`, then it goes on
- * being looked after (cancelled when its turn comes) after the interruption completed.
+ * Completes when a statement waiting for its turn may be the one the server runs. While the server is idle and
+ * the next statement is held back (whosever it is), that one, and only that one, goes — unless a cancel of this
+ * session is on its way.
  */
-const startCancel = <A>(t: Tracked<A>, m: Managed): Effect.Effect<void, never, Transport> =>
-  Effect.suspend(() => {
-    if (t.cancelling) return Effect.void
-    t.cancelling = true
-    return Effect.flatMap(Effect.forkIn(cancelQuery(t, m), m.scope), (duty) =>
-      Effect.flatMap(
-        Effect.timeoutOption(Fiber.await(duty), drainMillis(m)),
-        // a cancel on its way is waited for (its own bounds); a query still waiting for its turn is left to it
-        (done) => Option.isNone(done) && t.sending ? Effect.asVoid(Fiber.await(duty)) : Effect.void
-      ))
+const awaitTurn = (holder: Wire | Managed, statement: Statement): Effect.Effect<void> =>
+  Effect.suspend(function loop(): Effect.Effect<void> {
+    if (!(holder instanceof Wire)) return Effect.void
+    if (statement.managed.reader.place(statement.query) === "head" && holder.outstanding > 0) return Effect.void
+    if (holder.outstanding === 0 && holder.holding && holder.cancelling === 0) holder.releaseFirst()
+    return Effect.andThen(Effect.sleep(TURN_POLL), Effect.suspend(loop))
   })
 
-const defaultNotCanceled = (exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> =>
-  Effect.logWarning(
-    Exit.isSuccess(exit)
-      ? "pqcancel: the interrupted query completed before a cancel reached it; its effects took place"
-      : "pqcancel: the interrupted query failed by itself before a cancel reached it"
-  )
+// the postgres.js driver port of the adapter kit: a session's cancel target is what its socket factory recorded
+// (read once per session), the statement's place only after an interruption
+const kit = AdapterKit.make<Wire | Managed, Statement, never>({
+  driver: "postgres.js",
+  target: (holder) =>
+    Result.succeed(
+      holder instanceof Wire
+        ? sessionOf(holder, managedOfWire.get(holder)!)
+        // a statement on no session: what its retirement is counted under (nothing is cancelled)
+        : { options: holder.plainOptions, host: holder.firstHost, address: holder.firstAddress, key: undefined }
+    ),
+  locate,
+  awaitTurn,
+  retire: (holder) =>
+    Effect.suspend(() => {
+      if (!(holder instanceof Wire)) return Effect.void
+      const reserved = reservedOf.get(holder)
+      if (reserved !== undefined) reserved.retired = true
+      return Effect.promise(() => holder.retire())
+    }),
+  isRetired: (holder) => holder instanceof Wire ? holder.retired : holder.reserved?.retired === true,
+  isCanceled
+})
 
 const driftCheck = (m: Managed, query: object): void => {
   if (m.checked.done) return
@@ -840,37 +767,39 @@ export const query = <T extends ReadonlyArray<postgres.MaybeRow>>(
       return Effect.fail(new PostgresJsAdapterError({ message: "this reserved connection was retired" }))
     }
     if (m.checked.error !== undefined) return Effect.fail(m.checked.error)
-    const t = new Tracked<postgres.RowList<T>>()
-    // no fiber of its own: postgres.js reads the answer by itself; an interruption runs the callback's canceler
-    return Effect.callback<postgres.RowList<T>, PostgresJsQueryError | PostgresJsAdapterError, Transport>(
-      (resume) => {
-        let q: postgres.PendingQuery<T>
-        try {
-          q = f(sql)
-        } catch (error) {
-          return resume(Effect.fail(toQueryError(error)))
-        }
-        t.query = q
-        if ((q as { readonly aborts?: unknown }).aborts != null) {
-          // postgres.js 4's .signal(): its abort cancels through the adapter (not through postgres.js), then fails
-          // with 57014 as postgres.js's own would
-          ;(q as unknown as { cancel: () => Promise<void> }).cancel = () => {
-            if (!t.cancelling && t.ended === undefined) resume(Effect.andThen(startCancel(t, m), aborted()))
-            return Promise.resolve()
+    let q: postgres.PendingQuery<T>
+    try {
+      q = f(sql)
+    } catch (error) {
+      return Effect.fail(toQueryError(error))
+    }
+    const statement: Statement = { query: q, managed: m }
+    // no fiber of its own: postgres.js reads the answer by itself; an interruption runs the kit's cancel
+    const run = kit.pooled<postgres.RowList<T>, PostgresJsQueryError>(m.adapter, (done) => {
+      q.then((rows) => {
+        if (!m.checked.done) driftCheck(m, q)
+        done(Exit.succeed(rows))
+      }, (error: unknown) => done(Exit.fail(toQueryError(error))))
+      return statement
+    }, holderOf)
+    if ((q as { readonly aborts?: unknown }).aborts == null) return run
+    // postgres.js 4's .signal(): its abort interrupts the statement's fiber (the kit cancels it, once, also when the
+    // caller is interrupted too), and the caller sees 57014 as postgres.js's own abort would give
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
+        let abortedBySignal = false
+        const fiber = yield* Effect.forkChild(run)
+        ;(q as unknown as { cancel: () => Promise<void> }).cancel = () => {
+          if (!abortedBySignal && fiber.pollUnsafe() === undefined) {
+            abortedBySignal = true
+            fiber.interruptUnsafe()
           }
+          return Promise.resolve()
         }
-        q.then((rows) => {
-          if (!m.checked.done) driftCheck(m, q)
-          const exit = Exit.succeed(rows)
-          t.end(exit)
-          resume(exit)
-        }, (error: unknown) => {
-          const exit = Exit.fail(toQueryError(error))
-          t.end(exit)
-          resume(exit)
-        })
-        return startCancel(t, m)
-      }
+        const exit = yield* restore(Fiber.await(fiber)).pipe(Effect.onInterrupt(() => Fiber.interrupt(fiber)))
+        if (abortedBySignal && Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause)) return yield* aborted()
+        return yield* exit
+      })
     )
   })
 

@@ -219,14 +219,9 @@ export interface AdapterException {
   readonly why: string
 }
 
-export const adapterExceptions: ReadonlyArray<AdapterException> = ["held-close", "never-closed"].map((row) => ({
-  adapter: "postgres.js",
-  row,
-  routes: ["tcp", "unix"] as const,
-  interrupt: notConfirmed("CancelTimeout"),
-  why: "the statement's 57014 does not end the wait for the held cancel connection in PostgresJsAdapter (under " +
-    "rework): the cancel times out and the connection is retired"
-}))
+// none since PostgresJsAdapter runs on the adapter kit (the statement's 57014 confirms a cancel whose connection's
+// close is held)
+export const adapterExceptions: ReadonlyArray<AdapterException> = []
 
 /** The interrupt row of `row` for `adapter` on `route`, its exception included */
 export const interruptFor = (row: FaultRow, adapter: string, route: Route): Interrupt =>

@@ -256,13 +256,20 @@ export class Wire {
     return true
   }
 
-  /** closes the session's sockets (postgres.js fails what it still waited for, and reconnects on demand) */
-  retire(): void {
-    if (this.retired) return
+  /**
+   * Closes the session's sockets (postgres.js fails what it still waited for, and reconnects on demand); resolves
+   * once the driver was told (the socket's `close` event), so a statement issued after it never meets this session
+   */
+  retire(): Promise<void> {
     this.retired = true
     this.held = []
-    this.socket.destroy()
+    const socket = this.socket
+    const closed = socket.closed
+      ? Promise.resolve()
+      : new Promise<void>((resolve) => socket.once("close", () => resolve()))
+    socket.destroy()
     this.raw.destroy()
+    return closed
   }
 }
 
