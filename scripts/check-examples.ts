@@ -1,8 +1,8 @@
 /**
  * Type-checks every ```ts example in the sources' JSDoc, in README.md and in the guides (every .md under docs/): each
  * block becomes a module under build/examples/ and `tsc` checks them all against the workspace packages. Also checks
- * that every module of the published packages opens with an overview marked `@module` (the API site shows it). Run
- * by `pnpm check`.
+ * that every module of the published packages opens with an overview marked `@module` (the API site shows it) and
+ * that the README links every guide. Run by `pnpm check`.
  */
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
@@ -34,6 +34,16 @@ const noOverview = sources.filter((source) => {
 })
 if (noOverview.length > 0) {
   console.error(`examples: no overview comment with @module at the top of ${noOverview.join(", ")}`)
+  process.exit(1)
+}
+
+// every guide is reachable from the README (the proposal to sql-pg is reached through the sql-pg guide)
+const readme = Fs.readFileSync(Path.join(root, "README.md"), "utf8")
+const unlinked = sources.filter((source) =>
+  source.startsWith("docs") && !source.endsWith("upstream-sql-pg.md") && !readme.includes(`](${source})`)
+)
+if (unlinked.length > 0) {
+  console.error(`examples: README.md links no guide ${unlinked.join(", ")} (add it to its Guides list)`)
   process.exit(1)
 }
 
