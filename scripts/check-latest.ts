@@ -5,11 +5,10 @@
  * 1. copies the repository's files (tracked and untracked, not ignored: your local changes included) into a temp
  *    directory;
  * 2. there, pins every workspace package.json's effect, @effect/platform-node, @effect/vitest, @effect/sql-pg, pg,
- *    @types/pg and postgres (and an `npm:postgres@…` alias of postgres.js 4; not the `@effect/sql-pg-4-0` alias of
- *    the oldest supported version) to the newest release on npm (`npm view NAME version`), and runs `pnpm install`
- *    without the lockfile;
- * 3. runs the adapter suites of @pqcancel/node there (SqlPgAdapter, PgAdapter, PgPool, PgSharedClient, PgBouncer,
- *    PostgresJs*, DriverVersions) against an embedded PostgreSQL.
+ *    @types/pg and postgres to the newest release on npm (`npm view NAME version`; the `npm:` aliases of the other
+ *    tested versions stay), and runs `pnpm install` without the lockfile;
+ * 3. runs the adapter suites of @pqcancel/node there (its test files named Pg*, PostgresJs*, SqlPg* and
+ *    DriverVersions) against an embedded PostgreSQL, in the default vitest project (the newest drivers).
  *
  * Run it when a driver or Effect has a new release, and before a release of pqcancel; a failure names the
  * versions it ran against. `node scripts/check-latest.ts [--keep] [vitest filters…]` (`--keep` leaves the copy).
@@ -37,17 +36,11 @@ const moving = (name: string) =>
     "postgres"
   ].includes(name)
 
-const adapterSuites = [
-  "SqlPgAdapter",
-  "PgAdapter",
-  "PgPool",
-  "PgSharedClient",
-  "PgBouncer",
-  "PostgresJsAdapter",
-  "PostgresJsTls",
-  "PostgresJsPgBouncer",
-  "DriverVersions"
-].map((name) => `packages/node/test/${name}.test.ts`)
+/** The adapter suites: every test file of @pqcancel/node named after a driver (Pg*, PostgresJs*, SqlPg*). */
+const adapterSuites = (dir: string) =>
+  Fs.readdirSync(Path.join(dir, "packages", "node", "test"))
+    .filter((f) => /^(Pg|PostgresJs|SqlPg|DriverVersions).*\.test\.ts$/.test(f))
+    .map((f) => `packages/node/test/${f}`)
 
 const newest = new Map<string, string>()
 const newestOf = (name: string): string => {
@@ -80,14 +73,9 @@ try {
       const deps = json[section]
       if (deps === undefined) continue
       for (const [name, spec] of Object.entries(deps)) {
-        const alias = /^npm:((?:@[^/]+\/)?[^@]+)@(.+)$/.exec(spec)
-        if (alias !== null) {
-          // an alias of the oldest supported version stays (the newest is the package itself)
-          if (!moving(alias[1]!) || name === "@effect/sql-pg-4-0") continue
-          deps[name] = `npm:${alias[1]}@${newestOf(alias[1]!)}`
-        } else if (moving(name) && !spec.startsWith("workspace:")) {
-          deps[name] = newestOf(name)
-        } else continue
+        // aliases (`npm:NAME@…`) pin the other versions the suites test (the oldest, postgres.js 4.1): they stay
+        if (!moving(name) || spec.startsWith("workspace:") || spec.startsWith("npm:")) continue
+        deps[name] = newestOf(name)
         if (deps[name] !== spec) changes.add(`${name} ${spec} → ${deps[name]}`)
       }
     }
@@ -111,7 +99,7 @@ try {
       "run",
       "--project",
       "@pqcancel/node",
-      ...(filters.length > 0 ? filters : adapterSuites)
+      ...(filters.length > 0 ? filters : adapterSuites(copy))
     ],
     { cwd: copy, env: cleanEnv(), inherit: true, timeoutMs: 900_000 }
   )
