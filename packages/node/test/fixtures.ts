@@ -212,31 +212,29 @@ const versionOf = (specifier: string): string => {
   }
 }
 
+const postgresJsDriver = (specifier: string, postgresFunction: unknown) => {
+  const version = versionOf(specifier)
+  return {
+    name: `postgres.js ${version}`,
+    major: version.startsWith("3.") ? 3 as const : 4 as const,
+    driver: PostgresJsAdapter.driver(postgresFunction, version)
+  }
+}
+
 /**
  * The postgres.js versions the adapter suites run against: 3.4 (the `postgres` dev dependency), 4.1 and 4.2 (under
- * the aliases `postgres41` and `postgres4`: 4.2 exposes the connection's queues, 4.1 does not).
+ * the aliases `postgres41` and `postgres4`: 4.2 exposes the connection's queues, 4.1 does not). Each version once
+ * (`pnpm check:latest` moves `postgres` to the newest release, which an alias may hold too).
  */
 export const postgresJsDrivers: ReadonlyArray<{
   readonly name: string
   readonly major: 3 | 4
   readonly driver: PostgresJsAdapter.Driver
 }> = [
-  {
-    name: `postgres.js ${versionOf("postgres")}`,
-    major: 3,
-    driver: PostgresJsAdapter.driver(postgres, versionOf("postgres"))
-  },
-  {
-    name: `postgres.js ${versionOf("postgres41")}`,
-    major: 4,
-    driver: PostgresJsAdapter.driver(postgres41, versionOf("postgres41"))
-  },
-  {
-    name: `postgres.js ${versionOf("postgres4")}`,
-    major: 4,
-    driver: PostgresJsAdapter.driver(postgres4, versionOf("postgres4"))
-  }
-]
+  postgresJsDriver("postgres", postgres),
+  postgresJsDriver("postgres41", postgres41),
+  postgresJsDriver("postgres4", postgres4)
+].filter((entry, i, all) => all.findIndex((other) => other.name === entry.name) === i)
 
 /** `PostgresJsAdapter.make` with the driver given */
 export const makeWith = (driver: PostgresJsAdapter.Driver) => {
