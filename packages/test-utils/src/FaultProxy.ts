@@ -301,7 +301,7 @@ export const make = (options: {
         record.clientClosed = true
         stopLanes()
         lanes.delete(record)
-        if (!record.stalled) upstream?.destroy()
+        upstream?.destroy()
         for (const waiter of Array.from(closeWaiters)) waiter()
         changed.notify()
       })
@@ -413,8 +413,8 @@ export const make = (options: {
         record.clientClosed = true
         for (const waiter of Array.from(closeWaiters)) waiter()
         changed.notify()
-        // the client gave up: nothing passes on (a stall, a blackhole, a close never passed on), so only its own
-        // socket closes; the server's side stays as it was until the proxy's Scope ends
+        // the client gave up: nothing passes on (a stall, a blackhole, a close never passed on); its socket closes,
+        // and with it the server's side (as the server's keepalive would find, later)
         if (
           upstream === undefined || record.stalled || record.fault?.blackhole === true ||
           (record.serverClosed && record.fault?.holdCloseMs === "never")
