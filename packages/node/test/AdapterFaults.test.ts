@@ -177,6 +177,9 @@ const metricReason = (reason: string | undefined) =>
 
 let apps = 0
 
+/** An error's message and its causes' */
+const causes = (error: unknown): string => error instanceof Error ? `${error.message} ${causes(error.cause)}` : ""
+
 const interruptOne = Effect.fnUntraced(function*(
   cluster: EmbeddedPostgres.Cluster,
   monitor: TestSession.TestSession,
@@ -253,5 +256,50 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
           )
         }))
     }
+  }
+
+  // docs/reliability.md, "@effect/sql-pg after a retire while the port refuses": no stale ECONNREFUSED, bare or not
+  for (const bare of [true, false]) {
+    it.effect(
+      `${
+        bare ? "bare PgClient" : "SqlPgAdapter"
+      }: connection lost while the port refuses, ECONNREFUSED; back, the next statement runs`,
+      () =>
+        Effect.gen(function*() {
+          const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+          const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+          const proxy = yield* FaultProxy.make({ upstream: { port: cluster.port } })
+          const app = `refused-${bare ? "bare" : "adapter"}`
+          const config = {
+            host: "127.0.0.1",
+            port: proxy.port,
+            username: "postgres",
+            maxConnections: 1,
+            applicationName: app
+          }
+          const context = yield* Layer.build(
+            bare ? PgClient.layer(config) : SqlPgAdapter.layer(config, {
+              cancelTimeout: Duration.millis(500),
+              drainTimeout: Duration.millis(500)
+            }).pipe(Layer.provide(NodeTransport.layer))
+          )
+          const sql = Context.get(context, PgClient.PgClient)
+          const fiber = yield* Effect.forkChild(sql`SELECT pg_sleep(10)`)
+          const pid = yield* sleepingPid(monitor, app)
+          yield* proxy.refuse
+          if (bare) {
+            // the server ends the session: sql-pg's pool loses its connection while the port refuses
+            yield* monitor.query(`SELECT pg_terminate_backend(${pid})`)
+            yield* Fiber.await(fiber)
+          } else {
+            // the cancel is refused: the adapter retires the connection while the port refuses
+            yield* Fiber.interrupt(fiber)
+          }
+          const refused = yield* Effect.flip(sql`SELECT 1 AS n`)
+          assert.include(causes(refused), "ECONNREFUSED")
+          yield* proxy.accept
+          assert.deepStrictEqual(yield* sql<{ n: number }>`SELECT 2 AS n`, [{ n: 2 }])
+        }).pipe(Effect.orDie)
+    )
   }
 })
