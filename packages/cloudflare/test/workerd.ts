@@ -112,7 +112,7 @@ const start = Effect.gen(function*() {
       })
   )
   // ready when workerd says it listens on both sockets (or fail with what it printed)
-  yield* Effect.callback<void, Error>((resume) => {
+  yield* Effect.callback<void>((resume) => {
     let output = ""
     const onData = (chunk: Buffer) => {
       output += chunk.toString("utf8")
@@ -120,7 +120,7 @@ const start = Effect.gen(function*() {
     }
     child.stdout.on("data", onData)
     child.stderr.on("data", onData)
-    child.once("exit", () => resume(Effect.fail(new Error(`workerd exited:\n${output}`))))
+    child.once("exit", () => resume(Effect.die(`workerd exited:\n${output}`)))
   }).pipe(Effect.timeout("30 seconds"), Effect.orDie)
 
   const post = <A>(worker: "public" | "trusting", path: string, body: CancelBody, timeout: number) =>
