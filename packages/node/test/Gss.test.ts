@@ -4,15 +4,16 @@
  * `require` without one fails with libpq's text, and a wrong service name fails before the key is sent.
  */
 import { assert, describe, layer } from "@effect/vitest"
-import { CancelKey, Protocol } from "@pqcancel/core"
+import { CancelError, CancelKey, Protocol } from "@pqcancel/core"
 import { CancelConnection } from "@pqcancel/core"
 import { ConnectionOptions } from "@pqcancel/core"
 import type { Transport } from "@pqcancel/core/Transport"
 import { NodeTransport } from "@pqcancel/node"
 import * as NodeGss from "@pqcancel/node/NodeGss"
-import { EmbeddedPostgres, FakePostmaster, Kerberos, TestSession } from "@pqcancel/test-utils"
+import { EmbeddedPostgres, FakePostmaster, FaultProxy, Kerberos, TestSession } from "@pqcancel/test-utils"
 import * as Effect from "effect/Effect"
 import type * as Layer from "effect/Layer"
+import * as Schedule from "effect/Schedule"
 import * as Net from "node:net"
 import { assertCancelled, assertStillSleeping, conninfo, runCancel, sessionInfo, sleepingQuery } from "./fixtures.ts"
 
@@ -329,6 +330,39 @@ describe.skipIf(missing !== undefined)("GSSAPI encryption", () => {
         assert.isTrue(preferred.ok, preferred.error)
         assert.deepStrictEqual(preferred.records.map(kinds), [["gssEncRequest"], ["cancelRequest"]])
       }))
+
+    // docs/reliability.md: the network failing a handshake is transient, also GSS's
+    for (const how of ["reset", "close"] as const) {
+      it.effect(`a ${how} in the middle of the GSS handshake is transient: retried, the query cancelled`, () =>
+        Effect.gen(function*() {
+          const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+          const proxy = yield* FaultProxy.make({ upstream: { port: cluster.port } })
+          const session = yield* TestSession.connectTo(cluster, { transport: "tcp" })
+          const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+          const parsed = yield* sessionInfo(
+            session,
+            conninfo(cluster, "tcp", { host: "localhost", gssencmode: "require" })
+          )
+          const info: CancelConnection.SessionInfo = {
+            ...parsed,
+            address: { _tag: "Tcp", address: "127.0.0.1", port: proxy.port, family: 4 }
+          }
+          const pending = yield* sleepingQuery(session, monitor)
+          // one attempt (libpq's): the fault fails it, transiently
+          proxy.setRule((c) => c.index === 0 ? { inHandshake: how } : undefined)
+          const failed = yield* Effect.flip(CancelConnection.cancel(info))
+          assert.strictEqual(failed._tag, "CancelFailed")
+          assert.isTrue(CancelError.isTransient(failed), failed.message)
+          assert.strictEqual(proxy.records()[0]?.first, "GSSENCRequest")
+          assert.strictEqual(proxy.records()[0]?.faulted, how)
+          yield* assertStillSleeping(monitor, session)
+          // with a retry schedule the next attempt gets through
+          proxy.setRule((c) => c.index === 1 ? { inHandshake: how } : undefined)
+          yield* CancelConnection.cancel(info, { retry: Schedule.recurs(2) })
+          assert.strictEqual(proxy.records().length, 3)
+          yield* assertCancelled(pending)
+        }).pipe(Effect.provide(NodeTransport.layer)))
+    }
 
     it.effect("credentialsAvailable: the user's ticket yes, an empty cache no", () =>
       Effect.gen(function*() {
