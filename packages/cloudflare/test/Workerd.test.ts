@@ -86,7 +86,7 @@ layer(Layer.mergeAll(EmbeddedPostgres.layer18, Workerd.layer), { timeout: "90 se
         yield* stillSleeping
       }))
 
-    it.effect("a private CA, direct TLS or a unix socket fail with libpq's texts before anything is sent", () =>
+    it.effect("a private CA, direct TLS, a unix socket, CRLs, a TLSv1.3 minimum, GSS: each fails before anything is sent", () =>
       Effect.gen(function*() {
         const { cluster, session, stillSleeping, tcp, workerd } = yield* setup
         const privateCa = yield* workerd.cancel(
@@ -111,6 +111,16 @@ layer(Layer.mergeAll(EmbeddedPostgres.layer18, Workerd.layer), { timeout: "90 se
           address: { _tag: "Unix", path: `${cluster.socketDir}/.s.PGSQL.${cluster.port}` }
         })
         assert.include(unix.ok ? "" : unix.message, "failed: Address family not supported by protocol")
+        // what a Worker cannot enforce fails before the handshake too, also where a server would be trusted
+        const crl = yield* workerd.cancel("trusting", body(session, tcp("sslmode=require sslcrl=/etc/revoked.crl")))
+        assert.include(crl.ok ? "" : crl.message, "a Worker does not check revocation lists")
+        const tls13 = yield* workerd.cancel(
+          "trusting",
+          body(session, tcp("sslmode=require ssl_min_protocol_version=TLSv1.3"))
+        )
+        assert.include(tls13.ok ? "" : tls13.message, "ssl_min_protocol_version=TLSv1.3 cannot be enforced in a Worker")
+        const gss = yield* workerd.cancel("trusting", body(session, tcp("sslmode=disable gssencmode=require")))
+        assert.isFalse(gss.ok)
         yield* stillSleeping
       }))
 
