@@ -1,18 +1,22 @@
 /**
  * Profiling aid (not part of `pnpm bench`): CPU time and bytes allocated by the pieces of one pqcancel cancel that
- * involve no I/O — the Effect primitives `CancelConnection.make` creates, the whole `make` + scope close, and the
+ * involve no I/O — and of one statement through an adapter that is never interrupted — the Effect primitives `CancelConnection.make` creates, the whole `make` + scope close, and the
  * pure state machine — so the per-cancel overhead seen in bench/profile.ts can be attributed.
  *
  *   node --expose-gc bench/micro.ts [--n 20000]
  */
-import { CancelConnection, CancelKey, CancelMachine } from "@pqcancel/core"
+import { AdapterKit, CancelConnection, CancelKey, CancelMachine, CancelOnInterrupt } from "@pqcancel/core"
 import { Transport } from "@pqcancel/core/Transport"
+import * as PgAdapter from "@pqcancel/node/PgAdapter"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Queue from "effect/Queue"
+import * as Result from "effect/Result"
 import * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
 import * as SubscriptionRef from "effect/SubscriptionRef"
+import * as Net from "node:net"
+import pg from "pg"
 import type { Cell } from "./cells.ts"
 import { pqcancelOptions } from "./cells.ts"
 import { perCall } from "./stats.ts"
@@ -128,3 +132,61 @@ measure("Effect.withSpan around Effect.void (no tracer installed)", runSync(Effe
 measure("CancelConnection.validateSession", () => {
   CancelConnection.validateSession(session)
 })
+
+// ---------------------------------------------------------------------------------------------------------------------
+// One statement through an adapter, never interrupted (the hot path), against the same driver call wrapped in Effect
+// the way an Effect user would: a fake connected pg.Client (on a unix socket, so no address is read) that answers
+// every query at once. What is left is what the adapter adds per statement.
+// ---------------------------------------------------------------------------------------------------------------------
+
+const fakePgClient = () => {
+  const result = { rows: [], rowCount: 0 }
+  return {
+    host: "/tmp",
+    port: 5432,
+    ssl: false,
+    processID: 4242,
+    secretKey: 1234,
+    connection: { stream: new Net.Socket() },
+    _activeQuery: null,
+    _queryQueue: [],
+    _sentQueryQueue: [],
+    query(submitted: { callback: (error: Error | null, result: unknown) => void }) {
+      submitted.callback(null, result)
+    }
+  } as unknown as pg.Client
+}
+const bareClient = fakePgClient()
+const adapterClient = fakePgClient()
+const bareQuery = (text: string) =>
+  Effect.callback<unknown, Error>((resume) => {
+    bareClient.query(
+      new pg.Query(text, undefined, (error, result) => resume(error ? Effect.fail(error) : Effect.succeed(result)))
+    )
+  })
+const runProvided = <A, E>(effect: Effect.Effect<A, E, Transport>) =>
+  runSync(Effect.provideService(effect, Transport, instantTransport).pipe(Effect.orDie))
+console.log(
+  `\n${"one statement, never interrupted (no I/O)".padEnd(58)} ${"time".padStart(10)}  ${"alloc".padStart(9)}`
+)
+measure("pg: Effect.callback around client.query (bare)", runSync(bareQuery("SELECT 1")))
+measure("pg: PgAdapter.query(client, undefined, …)", runProvided(PgAdapter.query(adapterClient, undefined, "SELECT 1")))
+const kit = AdapterKit.make<object, unknown, never>({
+  driver: "bench",
+  target: () => Result.succeed(session),
+  locate: () => "running",
+  retire: () => Effect.void,
+  isRetired: () => false,
+  isCanceled: () => false
+})
+const connection = {}
+const statement = Effect.succeed(1)
+measure("an Effect statement (bare)", runSync(statement))
+measure(
+  "AdapterKit.effect (sql-pg's path: one child fiber)",
+  runProvided(kit.effect(connection, undefined, (f) => f, statement))
+)
+measure(
+  "CancelOnInterrupt.cancelOnInterrupt (the 0.1 path, for comparison)",
+  runProvided(CancelOnInterrupt.cancelOnInterrupt(statement, { session }))
+)
