@@ -126,6 +126,12 @@ export interface SslMaterial {
   readonly crl?: string | Uint8Array | ReadonlyArray<string | Uint8Array>
   /** the passphrase of an encrypted `key`; replaces `sslpassword` */
   readonly passphrase?: Redacted.Redacted<string>
+  /**
+   * this is all the material the session had (a driver session the cancel is derived from): a root certificate or
+   * client certificate left out here is not read from libpq's default files (`~/.postgresql/root.crt`,
+   * `postgresql.crt`, `postgresql.key`), which the driver never read — only from a file option given explicitly
+   */
+  readonly onlyGiven?: boolean | undefined
 }
 
 /**

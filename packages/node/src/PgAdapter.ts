@@ -66,7 +66,7 @@ import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as Net from "node:net"
 import pg from "pg"
-import { isWeakerSslmode, sslMaterialOf } from "./internal/driverTls.ts"
+import { isWeakerSslmode, mapDriverTls } from "./internal/driverTls.ts"
 import * as NodePostgres from "./internal/nodePostgres.ts"
 
 /**
@@ -173,7 +173,9 @@ const verifiedName = (client: pg.Client): string => {
  * | `ssl: true`; `sslmode=prefer`, `require`, `verify-ca`, `verify-full` (pg-connection-string's own meanings) | TLS, chain and host name verified | `verify-full`, `sslrootcert=system` (or the given CA) |
  * | `ssl: { ca, cert, key, passphrase }` (strings or Buffers; `sslrootcert`/`sslcert`/`sslkey` in the URL are read into these) | TLS with that material, verified | `verify-full` with the same `sslMaterial` |
  * | `sslmode=no-verify`, `ssl: { rejectUnauthorized: false }`, `uselibpqcompat=true` + `prefer`/`require` without root certificate | TLS, not verified | `require` |
- * | a custom `checkServerIdentity` (e.g. `uselibpqcompat=true` + `verify-ca`) | TLS, chain verified, host name as the function decides | `verify-full` (never weaker; pass `sslmode: "verify-ca"` in `params` to match) |
+ * | a custom `checkServerIdentity` (e.g. `uselibpqcompat=true` + `verify-ca`) | TLS, chain verified, host name as the function decides | `verify-ca` (the chain, against the given CA or Node's roots), as in every adapter |
+ * | `minVersion` / `maxVersion` | those TLS versions | `ssl_min_protocol_version` / `ssl_max_protocol_version` |
+ * | no client certificate | none presented | none: libpq's default files (`~/.postgresql/…`) are not read |
  * | `sslnegotiation: "direct"` | direct TLS, ALPN `postgresql` | `sslnegotiation=direct` |
  * | `host` is a unix socket directory | no TLS | no TLS (libpq never negotiates on unix sockets) |
  *
@@ -210,42 +212,32 @@ const optionsFromClientResult = (
   params: Readonly<Record<string, string | undefined>>
 ): Result.Result<ConnectionOptions.ConnectionOptions, InvalidOption> => {
   const ssl: unknown = client.ssl // typed boolean in @types/pg; at run time `true`, `false` or the tls options
-  const tls = isObject(ssl) ? ssl : undefined
-  const sslmode = ssl === false || ssl === undefined || ssl === null
-    ? "disable"
-    : tls?.rejectUnauthorized === false
-    ? "require"
-    : "verify-full"
-  let material: ConnectionOptions.SslMaterial | undefined
-  if (tls !== undefined && sslmode !== "disable") {
-    // node-postgres hands `ssl` to `tls.connect`: what the cancel can reuse as in-memory material
-    const shared = sslMaterialOf(tls, params)
-    if (Result.isFailure(shared)) return Result.fail(shared.failure)
-    material = shared.success
-  }
   const unix = client.host.startsWith("/")
+  // node-postgres hands `ssl` to `tls.connect`: the one mapping of a driver's TLS settings (driverTls.ts)
+  const mapped = ssl === false || ssl === undefined || ssl === null
+    ? undefined
+    : mapDriverTls(isObject(ssl) ? ssl : true, params)
+  if (mapped !== undefined && Result.isFailure(mapped)) return Result.fail(mapped.failure)
+  const tls = mapped?.success
+  const sslmode = tls?.sslmode ?? "disable"
   const base: Record<string, string | undefined> = {
     host: unix ? client.host : verifiedName(client),
     hostaddr: !unix && Net.isIP(client.host) !== 0 && verifiedName(client) !== client.host ? client.host : undefined,
     port: String(client.port),
     sslmode,
-    sslnegotiation: sslmode === "disable" ? "postgres" : NodePostgres.sslNegotiationOf(client),
+    sslnegotiation: tls === undefined ? "postgres" : NodePostgres.sslNegotiationOf(client),
     gssencmode: "disable",
-    sslrootcert: sslmode === "verify-full" && material?.ca === undefined ? "system" : undefined
+    ...tls?.params
   }
   const merged = { ...base, ...params }
   const requested = merged.sslmode ?? sslmode
   if (isWeakerSslmode(requested, sslmode)) {
-    // a custom checkServerIdentity may be laxer than verify-full: verify-ca is the one weaker mode allowed then
-    const customIdentity = tls !== undefined && typeof tls.checkServerIdentity === "function"
-    if (!(customIdentity && requested === "verify-ca" && sslmode === "verify-full")) {
-      return invalid(`cancel parameter sslmode=${requested} is weaker than the session's (${sslmode})`)
-    }
+    return invalid(`cancel parameter sslmode=${requested} is weaker than the session's (${sslmode})`)
   }
   const resolved = ConnectionOptions.fromParams(merged)
-  return material === undefined || requested === "disable" || Result.isFailure(resolved)
+  return tls === undefined || requested === "disable" || Result.isFailure(resolved)
     ? resolved
-    : Result.succeed({ ...resolved.success, sslMaterial: material })
+    : Result.succeed({ ...resolved.success, sslMaterial: tls.sslMaterial })
 }
 
 /**

@@ -69,7 +69,7 @@ import { SqlError, UnknownError } from "effect/sql/SqlError"
 import * as Statement from "effect/sql/Statement"
 import * as Stream from "effect/Stream"
 import type * as Net from "node:net"
-import { isWeakerSslmode, sslMaterialOf } from "./internal/driverTls.ts"
+import { isWeakerSslmode, mapDriverTls } from "./internal/driverTls.ts"
 import * as SqlPg from "./internal/sqlPg.ts"
 
 /**
@@ -332,15 +332,17 @@ export const cancelOptions = (
   const hostEntry: ConnectionOptions.HostEntry = path !== undefined
     ? { _tag: "Unix", directory: path.replace(/\/[^/]*$/, "") || "/", port }
     : { _tag: "Tcp", host: serverName, hostaddr: undefined, port }
-  // the session's in-memory TLS material, for the cancel's handshake (a file given in `params` wins; what pqcancel
-  // cannot use the same way, e.g. pfx, is refused rather than silently dropped)
-  const material = tlsObject === undefined
-    ? Result.succeed(undefined)
-    : sslMaterialOf(tlsObject as Readonly<Record<string, unknown>>, params)
-  if (Result.isFailure(material)) return Result.fail(material.failure)
+  // the one mapping of a driver's TLS settings (driverTls.ts): sslmode, root certificate, versions, the session's
+  // in-memory material and nothing else (a file given in `params` wins; what pqcancel cannot use the same way, e.g.
+  // pfx, is refused rather than silently dropped)
+  const mapped = ssl === false
+    ? undefined
+    : mapDriverTls((tlsObject as Readonly<Record<string, unknown>> | undefined) ?? true, params)
+  if (mapped !== undefined && Result.isFailure(mapped)) return Result.fail(mapped.failure)
+  const tlsSettings = mapped?.success
   const make = (sslmode: ConnectionOptions.SslMode | undefined) => {
     if (sslmode === undefined) return Result.succeed(undefined)
-    const verifying = sslmode === "verify-full"
+    const encrypted = sslmode !== "disable" && sslmode !== "prefer"
     const base: Record<string, string | undefined> = {
       // libpq's host entry only matters for validation here: the session's HostEntry and address are given to the
       // cancel directly (SessionInfo), never resolved again
@@ -350,8 +352,8 @@ export const cancelOptions = (
       sslnegotiation: "postgres",
       gssencmode: "disable",
       connect_timeout: String(connectTimeout),
-      sslrootcert: verifying && tlsObject?.ca === undefined ? "system" : undefined,
-      sslsni: "1"
+      sslsni: "1",
+      ...(encrypted ? tlsSettings?.params : undefined)
     }
     const merged = { ...base, ...params }
     const requested = merged.sslmode as ConnectionOptions.SslMode
@@ -359,16 +361,11 @@ export const cancelOptions = (
       return invalid(`cancel parameter sslmode=${String(params.sslmode)} is weaker than the session's (${sslmode})`)
     }
     const resolved = ConnectionOptions.fromParams(merged)
-    return material.success === undefined || requested === "disable" || Result.isFailure(resolved)
+    return tlsSettings === undefined || requested === "disable" || Result.isFailure(resolved)
       ? resolved
-      : Result.succeed({ ...resolved.success, sslMaterial: material.success })
+      : Result.succeed({ ...resolved.success, sslMaterial: tlsSettings.sslMaterial })
   }
-  const tlsMode: ConnectionOptions.SslMode | undefined = ssl === false
-    ? undefined
-    : tlsObject?.rejectUnauthorized === false
-    ? "require"
-    : "verify-full"
-  const tls = make(tlsMode)
+  const tls = make(tlsSettings?.sslmode)
   if (Result.isFailure(tls)) return Result.fail(tls.failure)
   const plaintext = make(ssl === false ? "disable" : sslOptional ? "prefer" : undefined)
   if (Result.isFailure(plaintext)) return Result.fail(plaintext.failure)

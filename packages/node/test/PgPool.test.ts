@@ -196,15 +196,26 @@ describe("PgAdapter.optionsFromClient: node-postgres' ssl settings in libpq's te
       )
     }))
 
-  it.effect("uselibpqcompat verify-ca (a custom checkServerIdentity): verify-full, verify-ca only when asked", () =>
+  it.effect("uselibpqcompat verify-ca (a custom checkServerIdentity): verify-ca, as in every adapter", () =>
     Effect.gen(function*() {
       const config = {
         connectionString: `postgres://u@db/app?uselibpqcompat=true&sslmode=verify-ca&sslrootcert=${caFile}`
       }
       const options = yield* derive(config)
-      assert.strictEqual(options.sslmode, "verify-full")
+      assert.strictEqual(options.sslmode, "verify-ca")
       assert.isDefined(options.sslMaterial?.ca, "the CA read by pg-connection-string goes to the cancel")
-      assert.strictEqual((yield* derive(config, { sslmode: "verify-ca" })).sslmode, "verify-ca")
+      assert.strictEqual((yield* derive(config, { sslmode: "verify-full" })).sslmode, "verify-full")
+      assert.isTrue(Exit.isFailure(yield* Effect.exit(derive(config, { sslmode: "require" }))), "never weaker")
+    }))
+
+  it.effect("TLS versions are carried over; no client certificate means none, never libpq's default files", () =>
+    Effect.gen(function*() {
+      const options = yield* derive({ host: "db", ssl: { ca: pem, minVersion: "TLSv1.3", maxVersion: "TLSv1.3" } })
+      assert.strictEqual(options.sslMinProtocolVersion, "TLSv1.3")
+      assert.strictEqual(options.sslMaxProtocolVersion, "TLSv1.3")
+      assert.strictEqual(options.sslMaterial?.cert, undefined)
+      assert.isTrue(options.sslMaterial?.onlyGiven)
+      assert.isTrue((yield* derive({ host: "db", ssl: true })).sslMaterial?.onlyGiven)
     }))
 
   it.effect("in-memory ca, cert, key and passphrase become the cancel's sslMaterial", () =>

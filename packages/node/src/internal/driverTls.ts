@@ -12,7 +12,12 @@
  *   cancel verifies the chain only (`verify-ca`).
  * - the client certificate, key and passphrase, and CRLs, are carried over as in-memory material (libpq presents
  *   its client certificate on a cancel connection too), read by {@link sslMaterialOf}, which all three adapters
- *   share: `pfx`, several keys and anything but PEM text or bytes are refused (`InvalidOption`).
+ *   share: `pfx`, several keys and anything but PEM text or bytes are refused (`InvalidOption`). What the session
+ *   did not have is not presented either: the material is marked `onlyGiven`, so libpq's default files
+ *   (`~/.postgresql/root.crt`, `postgresql.crt`, `postgresql.key`) are never read for the cancel.
+ * - `minVersion` / `maxVersion` become `ssl_min_protocol_version` / `ssl_max_protocol_version`.
+ *
+ * {@link mapDriverTls} is that one mapping, used by node-postgres, postgres.js and `@effect/sql-pg` alike.
  */
 import type { ConnectionOptions } from "@pqcancel/core"
 import { InvalidOption } from "@pqcancel/core/CancelError"
@@ -126,16 +131,61 @@ export const isWeakerSslmode = (requested: string, session: ConnectionOptions.Ss
 
 const TLS_VERSIONS = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 
-/** The cancel's TLS settings for a postgres.js `ssl` object (see the module comment for the mapping) */
-export const fromTlsObject = (ssl: Readonly<Record<string, unknown>>): Result.Result<DriverTls, InvalidOption> => {
+/**
+ * THE mapping of a Node driver's TLS settings to the cancel's libpq options, for node-postgres, postgres.js and
+ * `@effect/sql-pg` alike: `true` (Node's defaults) or a `tls.connect` options object (see the module comment).
+ * `params` are the libpq keywords (`sslmode`, `sslrootcert`, `ssl_min_protocol_version`,
+ * `ssl_max_protocol_version`); `sslMaterial` is always set, with `onlyGiven` (no libpq default file is read for what
+ * the session did not have); `files` given for the cancel take precedence over the in-memory values.
+ */
+export const mapDriverTls = (
+  ssl: true | Readonly<Record<string, unknown>>,
+  files: FileParams = {}
+): Result.Result<{
+  readonly sslmode: "require" | "verify-ca" | "verify-full"
+  readonly params: Readonly<Record<string, string>>
+  readonly sslMaterial: ConnectionOptions.SslMaterial
+  readonly servername: string | undefined
+}, InvalidOption> => {
+  if (ssl === true) {
+    return Result.succeed({
+      sslmode: "verify-full",
+      params: { sslmode: "verify-full", sslrootcert: "system" },
+      sslMaterial: { onlyGiven: true },
+      servername: undefined
+    })
+  }
+  const mapped = fromTlsObject(ssl, files)
+  if (Result.isFailure(mapped)) return Result.fail(mapped.failure)
+  const m = mapped.success
+  return Result.succeed({
+    sslmode: m.sslmode,
+    params: {
+      sslmode: m.sslmode,
+      ...(m.sslrootcert !== undefined ? { sslrootcert: m.sslrootcert } : {}),
+      ...(m.sslMinProtocolVersion !== undefined ? { ssl_min_protocol_version: m.sslMinProtocolVersion } : {}),
+      ...(m.sslMaxProtocolVersion !== undefined ? { ssl_max_protocol_version: m.sslMaxProtocolVersion } : {})
+    },
+    sslMaterial: { ...m.sslMaterial, onlyGiven: true },
+    servername: m.servername
+  })
+}
+
+/** The cancel's TLS settings for a driver's `ssl` object (see the module comment for the mapping) */
+export const fromTlsObject = (
+  ssl: Readonly<Record<string, unknown>>,
+  files: FileParams = {}
+): Result.Result<DriverTls, InvalidOption> => {
   const verify = ssl.rejectUnauthorized !== false
   const chainOnly = verify && typeof ssl.checkServerIdentity === "function"
-  const shared = sslMaterialOf(ssl)
+  const shared = sslMaterialOf(ssl, files)
   if (Result.isFailure(shared)) return Result.fail(shared.failure)
   const { ca: givenCa, cert, crl, key, passphrase } = shared.success ?? {}
   // a session that does not verify: neither does its cancel (its ca is dropped); libpq has no verify-ca with the
-  // system roots: Node's default roots are then given in memory
-  const ca = !verify ? undefined : givenCa ?? (chainOnly ? Tls.rootCertificates : undefined)
+  // system roots: Node's default roots are then given in memory (unless a root certificate file is given)
+  const ca = !verify
+    ? undefined
+    : givenCa ?? (chainOnly && files.sslrootcert === undefined ? Tls.rootCertificates : undefined)
   const material: ConnectionOptions.SslMaterial = {
     ...(ca !== undefined ? { ca } : {}),
     // libpq ignores a key without a certificate (and a certificate without its key cannot be presented)
@@ -147,7 +197,7 @@ export const fromTlsObject = (ssl: Readonly<Record<string, unknown>>): Result.Re
     typeof value === "string" && TLS_VERSIONS.includes(value) ? value : undefined
   return Result.succeed({
     sslmode: !verify ? "require" : chainOnly ? "verify-ca" : "verify-full",
-    sslrootcert: verify && ca === undefined ? "system" : undefined,
+    sslrootcert: verify && ca === undefined && files.sslrootcert === undefined ? "system" : undefined,
     sslMaterial: Object.keys(material).length === 0 ? undefined : material,
     servername: typeof ssl.servername === "string" && ssl.servername !== "" ? ssl.servername : undefined,
     sslMinProtocolVersion: version(ssl.minVersion),
@@ -173,29 +223,8 @@ export const fromPostgresJsSsl = (
 }, InvalidOption> => {
   const direct = sslnegotiation === "direct" ? { sslnegotiation: "direct" } : {}
   if (ssl === "require" || ssl === "allow" || ssl === "prefer") {
-    return Result.succeed({ params: { sslmode: "require", ...direct }, sslMaterial: undefined })
+    return Result.succeed({ params: { sslmode: "require", ...direct }, sslMaterial: { onlyGiven: true } })
   }
-  if (typeof ssl === "object" && ssl !== null) {
-    const result = fromTlsObject(ssl as Readonly<Record<string, unknown>>)
-    if (Result.isFailure(result)) return Result.fail(result.failure)
-    const mapped = result.success
-    return Result.succeed({
-      params: {
-        sslmode: mapped.sslmode,
-        ...direct,
-        ...(mapped.sslrootcert !== undefined ? { sslrootcert: mapped.sslrootcert } : {}),
-        ...(mapped.sslMinProtocolVersion !== undefined
-          ? { ssl_min_protocol_version: mapped.sslMinProtocolVersion }
-          : {}),
-        ...(mapped.sslMaxProtocolVersion !== undefined
-          ? { ssl_max_protocol_version: mapped.sslMaxProtocolVersion }
-          : {})
-      },
-      sslMaterial: mapped.sslMaterial
-    })
-  }
-  return Result.succeed({
-    params: { sslmode: "verify-full", sslrootcert: "system", ...direct },
-    sslMaterial: undefined
-  })
+  const mapped = mapDriverTls(typeof ssl === "object" && ssl !== null ? ssl as Readonly<Record<string, unknown>> : true)
+  return Result.map(mapped, (m) => ({ params: { ...m.params, ...direct }, sslMaterial: m.sslMaterial }))
 }

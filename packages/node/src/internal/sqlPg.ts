@@ -152,14 +152,27 @@ export const locateMultiplexed = (
   if (inFlight.length - 1 > head || pending.length > 0) return "elsewhere"
   // the head, alone: keep it alone until the interruption is over (a pin waiting for the pipeline to drain holds
   // the permit: its statement would follow at once, so no cancel then)
+  if (holders.get(base) === fiber) return "running" // held since an earlier locate of this interruption
   return Effect.flatMap(
     base.owner.takeIfAvailable(1),
-    (taken) =>
-      taken
-        ? Effect.as(Effect.addFinalizer(() => base.owner.release(1)), "running" as const)
-        : Effect.succeed("elsewhere" as const)
+    (taken) => {
+      if (!taken) return Effect.succeed("elsewhere" as const)
+      holders.set(base, fiber)
+      return Effect.as(
+        Effect.addFinalizer(() =>
+          Effect.suspend(() => {
+            holders.delete(base)
+            return base.owner.release(1)
+          })
+        ),
+        "running" as const
+      )
+    }
   )
 }
+
+// the interrupted statement (its fiber) holding a connection's owner permit
+const holders = new WeakMap<Base, Fiber.Fiber<unknown, unknown>>()
 
 /**
  * Completes when the statement run by `fiber`, written behind others, may have become the head: the statement right

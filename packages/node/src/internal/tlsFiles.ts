@@ -127,6 +127,8 @@ export const tlsFiles = (options: ConnectionOptions.ConnectionOptions): TlsFiles
 const loadTlsFiles = (options: ConnectionOptions.ConnectionOptions): TlsFiles => {
   const material = options.sslMaterial
   let error: string | undefined
+  // libpq's default files, unless the material is all a driver session had
+  const defaultFile = (name: string): string | undefined => material?.onlyGiven === true ? undefined : userFile(name)
 
   // root certificate(s): in memory, else the system store, else a file
   const memoryCa = materialList(material?.ca)
@@ -137,8 +139,8 @@ const loadTlsFiles = (options: ConnectionOptions.ConnectionOptions): TlsFiles =>
     error = read.error
     ca = read.pem
   } else if (!useSystemCa) {
-    const caPath = options.sslrootcert ?? userFile("root.crt")
-    ca = readIfExists(caPath)
+    const caPath = options.sslrootcert ?? defaultFile("root.crt")
+    ca = caPath === undefined ? undefined : readIfExists(caPath)
     if (ca === undefined && (options.sslmode === "verify-ca" || options.sslmode === "verify-full")) {
       error = `root certificate file "${caPath}" does not exist\n` +
         "Either provide the file, use the system's trusted roots with sslrootcert=system, " +
@@ -155,9 +157,10 @@ const loadTlsFiles = (options: ConnectionOptions.ConnectionOptions): TlsFiles =>
     // one chain for one key (leaf first): Node reads an array as one chain per key
     cert = read.pem.join("\n")
   } else {
-    cert = readIfExists(options.sslcert ?? userFile("postgresql.crt"))
+    const certPath = options.sslcert ?? defaultFile("postgresql.crt")
+    cert = certPath === undefined ? undefined : readIfExists(certPath)
   }
-  const keyPath = options.sslkey ?? userFile("postgresql.key")
+  const keyPath = options.sslkey ?? defaultFile("postgresql.key") ?? "(none)"
   const keyWhere = material?.key !== undefined ? "private key (sslMaterial.key)" : `private key file "${keyPath}"`
   const key: Buffer | undefined = cert === undefined
     ? undefined
