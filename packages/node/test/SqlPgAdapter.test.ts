@@ -349,7 +349,9 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
       const rows = yield* Fiber.join(first)
       assert.strictEqual(rows[0]?.n, 7)
       yield* Fiber.join(interrupter)
-      assert.strictEqual(cancels(), 1)
+      // a cancel reaching the backend in the instant between the two statements finds it reading the next one and
+      // is dropped by PostgreSQL: it is then sent again (recancelInterval), so at least one
+      assert.isAtLeast(cancels(), 1)
       assert.strictEqual(yield* queryValue(monitor, `SELECT state FROM pg_stat_activity WHERE pid = ${pid}`), "idle")
       assert.strictEqual(yield* backendPid(sql), pid)
     }))
