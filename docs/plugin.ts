@@ -6,11 +6,13 @@
  * - a guide (a `projectDocuments` entry) is titled by its `# heading` (up to a colon) and its page is named after its
  *   file: `docs/adapters/pg.md` → `documents/adapters-pg.html`, `bench/README.md` → `documents/bench.html`.
  *
- * The router `pqcancel` is TypeDoc's default `kind` router with those document file names. The guides come in the
- * order of {@link guideOrder} (a reader's order), any other after them.
+ * The navigation and the index group them: the guides first ("Guides"), then each package's modules (a module's
+ * category is its package, `@pqcancel/core`, …); the guides in the order of {@link guideOrder} (a reader's order), any
+ * other after them. The router `pqcancel` is TypeDoc's default `kind` router with those document file names.
  */
 import {
   type Application,
+  CommentTag,
   Converter,
   type DocumentReflection,
   KindRouter,
@@ -63,6 +65,7 @@ export const load = (app: Application): void => {
   app.renderer.defineRouter("pqcancel", GuideRouter)
   app.converter.on(Converter.EVENT_CREATE_DOCUMENT, (_context, document: DocumentReflection) => {
     fileNames.set(document, fileNameOf(document.name))
+    document.frontmatter["category"] = "Guides"
     const text = document.content.map((part) => part.text).join("")
     const heading = /^# (.+)$/m.exec(text)?.[1]
     if (heading !== undefined) document.name = heading.split(":")[0]!.replaceAll("`", "").trim()
@@ -73,7 +76,9 @@ export const load = (app: Application): void => {
     // the navigation lists this one: documents first in their order, then the modules (a stable sort)
     context.project.childrenIncludingDocuments?.sort(order)
     for (const module of context.project.getReflectionsByKind(ReflectionKind.Module)) {
+      const [pkg] = module.name.split("/")
       module.name = module.name.split("/").at(-1)!
+      module.comment?.blockTags.push(new CommentTag("@category", [{ kind: "text", text: `@pqcancel/${pkg}` }]))
     }
   })
 }
