@@ -497,12 +497,13 @@ export const make: {
   )
 
 /**
- * Ends the instance at once (`sql.end({ timeout: 0 })`: postgres.js sends Terminate on every connection; a query
- * still running outside the adapter fails with `CONNECTION_DESTROYED`) and waits, bounded, until every socket is
- * closed.
+ * Ends the instance (`sql.end({ timeout: 1 })`: each connection terminates once idle; after a second postgres.js
+ * destroys what is left, and a query still running outside the adapter fails with `CONNECTION_DESTROYED`) and waits,
+ * bounded, until every socket is closed. Not at once: postgres.js 3 rejects a connection's own type lookup, which
+ * nobody awaits (an unhandled rejection), when it destroys a connection that is still starting.
  */
 const close = async (sql: postgres.Sql<{}>): Promise<void> => {
-  await sql.end({ timeout: 0 }).catch(() => undefined)
+  await sql.end({ timeout: 1 }).catch(() => undefined)
   const sockets = [...(managed.get(sql)?.wires ?? [])].map((wire) => wire.raw)
   await Promise.all(sockets.map((socket) =>
     new Promise<void>((resolve) => {

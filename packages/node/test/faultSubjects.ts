@@ -62,7 +62,6 @@ export const adapters: ReadonlyArray<Adapter> = [
   },
   {
     name: "postgres.js",
-    afterRetire: /CONNECTION_CLOSED|CONNECT_TIMEOUT/,
     open: (port, bounds, size) =>
       Effect.map(
         Effect.orDie(PostgresJsAdapter.make({
