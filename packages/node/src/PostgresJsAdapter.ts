@@ -18,7 +18,7 @@
  *   connection's key goes to the connection's address; the held statements go out once the query ended and the
  *   cancel was delivered (PostgreSQL drops a cancel that reaches an idle backend), so the signal can only reach the
  *   interrupted query. If other statements were already written behind it, a cancel could reach one of them should
- *   the query end first: it is not sent, and the query is waited for;
+ *   the query end first: it is not sent, and the query is waited for. Both waits are bounded by `drainTimeout`;
  * - when a cancel cannot be confirmed or the query does not end within `drainTimeout`, the connection is retired:
  *   its socket is destroyed (postgres.js fails what that connection still had, and reconnects on demand).
  * A query given an `AbortSignal` (postgres.js 4's `.signal()`) is cancelled the same way when the signal aborts,

@@ -8,14 +8,12 @@ import { assert, layer } from "@effect/vitest"
 import { Transport } from "@pqcancel/core"
 import { NodeTransport } from "@pqcancel/node"
 import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
-import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
-import * as Arbitrary from "effect/Arbitrary"
+import { Arbitraries, EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
-import * as Schema from "effect/Schema"
 import { interruptedOnly, makeWith, postgresJsDrivers, postgresJsPlain, sleepingPid } from "./fixtures.ts"
 
 let counter = 0
@@ -41,12 +39,9 @@ const countingTransport = () => {
   return { layer, count: () => connections }
 }
 
-// random interleavings of fibers on one pipelined connection, some interrupted at random moments
-const Step = Schema.Struct({
-  sleepMs: Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 20 })),
-  interruptAfterMs: Schema.NullOr(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 30 })))
-})
-const Scenario = Arbitrary.array(Arbitrary.schema(Step), { minLength: 2, maxLength: 12 })
+// random interleavings of fibers on one pipelined connection, some interrupted at random moments (the adapters'
+// shared generator)
+const Scenario = Arbitraries.interruptScenario({ maxLength: 12, maxStartMs: 10, maxSleepMs: 20, maxInterruptMs: 30 })
 
 layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 seconds" })("PostgresJsPipelining", (it) => {
   for (const d of postgresJsDrivers) {
@@ -74,6 +69,8 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "90 second
             scenario,
             (step, id) =>
               Effect.gen(function*() {
+                // the workload's timing (when each statement is issued and interrupted), not a synchronisation
+                if (step.startAfterMs > 0) yield* Effect.sleep(step.startAfterMs)
                 const fiber = yield* PostgresJsAdapter.query(
                   sql,
                   (sql) =>
