@@ -10,7 +10,6 @@ import type { CancelConnection, CancelOnInterrupt } from "@pqcancel/core"
 import * as CancelOnInterruptModule from "@pqcancel/core/CancelOnInterrupt"
 import { Transport } from "@pqcancel/core/Transport"
 import * as Deferred from "effect/Deferred"
-import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -18,7 +17,7 @@ import * as Result from "effect/Result"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import { TestClock } from "effect/testing"
-import { type Attempt, fakeTransport } from "./fakeTransport.ts"
+import { type Attempt, driveUntilDone, fakeTransport } from "./fakeTransport.ts"
 
 class Canceled extends Schema.TaggedError<Canceled>("test/Canceled")("Canceled", { code: Schema.String }) {}
 class NotConnected extends Schema.TaggedError<NotConnected>("test/NotConnected")("NotConnected", {}) {}
@@ -97,15 +96,6 @@ const run = (conn: FakeConn, sql: string, policy?: CancelOnInterrupt.Policy, wri
 // the fake server: a delivered CancelRequest cancels whatever the connection runs
 const serverOf = (conn: FakeConn, script: ReadonlyArray<Attempt>) =>
   fakeTransport(script, () => queueMicrotask(() => finish(conn, Exit.fail(new Canceled({ code: "57014" })))))
-
-const driveUntilDone = <A, E>(fiber: Fiber.Fiber<A, E>, step: Duration.Input = "10 millis", max = 2000) =>
-  Effect.gen(function*() {
-    for (let i = 0; i < max && fiber.pollUnsafe() === undefined; i++) {
-      yield* TestClock.adjust(step)
-      yield* Effect.yieldNow
-    }
-    return yield* Fiber.await(fiber)
-  })
 
 const interruptAndDrive = <A, E>(fiber: Fiber.Fiber<A, E>) =>
   Effect.gen(function*() {

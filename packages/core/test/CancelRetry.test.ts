@@ -8,13 +8,12 @@ import { assert, describe, it } from "@effect/vitest"
 import { CancelConnection, CancelError, CancelKey, CancelOnInterrupt, ConnectionOptions } from "@pqcancel/core"
 import { Transport } from "@pqcancel/core/Transport"
 import * as Deferred from "effect/Deferred"
-import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Schedule from "effect/Schedule"
 import { TestClock } from "effect/testing"
-import { fakeTransport } from "./fakeTransport.ts"
+import { driveUntilDone, fakeTransport } from "./fakeTransport.ts"
 
 const sessionWith = (conninfo: string) =>
   Effect.map(ConnectionOptions.fromString(conninfo), (options): CancelConnection.SessionInfo => ({
@@ -26,16 +25,6 @@ const sessionWith = (conninfo: string) =>
 
 const plain = sessionWith("host=localhost sslmode=disable")
 const tls = sessionWith("host=localhost sslmode=require")
-
-// advance the TestClock in small steps until `fiber` is done (bounded)
-const driveUntilDone = <A, E>(fiber: Fiber.Fiber<A, E>, step: Duration.Input = "10 millis", max = 2000) =>
-  Effect.gen(function*() {
-    for (let i = 0; i < max && fiber.pollUnsafe() === undefined; i++) {
-      yield* TestClock.adjust(step)
-      yield* Effect.yieldNow
-    }
-    return yield* Fiber.await(fiber)
-  })
 
 describe("CancelConnection retry", () => {
   it.effect("default: libpq's single attempt; a refused connection is a transient failure", () =>

@@ -2,7 +2,10 @@
  * A scripted in-memory Transport playing the server of cancel connections, for the core tests.
  */
 import { Transport } from "@pqcancel/core/Transport"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import { TestClock } from "effect/testing"
 
 /** What the fake server does with one cancel connection; `held`: the request is delivered, the close never comes */
 export type Attempt =
@@ -63,3 +66,13 @@ export const fakeTransport = (script: ReadonlyArray<Attempt>, onDispatched?: () 
   })
   return { service, attempts }
 }
+
+/** Advances the TestClock in small steps until `fiber` is done (bounded), then its exit */
+export const driveUntilDone = <A, E>(fiber: Fiber.Fiber<A, E>, step: Duration.Input = "10 millis", max = 2000) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < max && fiber.pollUnsafe() === undefined; i++) {
+      yield* TestClock.adjust(step)
+      yield* Effect.yieldNow
+    }
+    return yield* Fiber.await(fiber)
+  })

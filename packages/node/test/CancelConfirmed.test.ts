@@ -16,7 +16,7 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import type * as Scope from "effect/Scope"
-import { sleepingPid } from "./fixtures.ts"
+import { retiredCount, sleepingPid } from "./fixtures.ts"
 
 const faults: ReadonlyArray<{ readonly name: string; readonly fault: FaultProxy.Fault }> = [
   { name: "the server's close held 5 s", fault: { holdCloseMs: 5000 } },
@@ -76,16 +76,6 @@ const adapters: ReadonlyArray<{
       }).pipe(Effect.orDie)
   }
 ]
-
-/** The sessions retired in this run (`pqcancel.sessions.retired`) */
-const retiredCount = Effect.map(
-  Metric.snapshot,
-  (snapshots) =>
-    snapshots.reduce(
-      (n, s) => s.id === "pqcancel.sessions.retired" && s.type === "Counter" ? n + Number(s.state.count) : n,
-      0
-    )
-)
 
 let apps = 0
 

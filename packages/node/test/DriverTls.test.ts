@@ -19,7 +19,7 @@ import * as Metric from "effect/Metric"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
-import { sleepingPid } from "./fixtures.ts"
+import { retiredCount, sleepingPid } from "./fixtures.ts"
 
 /** HOME pointed at a directory whose ~/.postgresql holds a wrong root certificate and an unreadable client pair */
 const homeWithDefaultFiles = Effect.acquireRelease(
@@ -41,15 +41,6 @@ const homeWithDefaultFiles = Effect.acquireRelease(
       else process.env["HOME"] = previous
       Fs.rmSync(home, { recursive: true, force: true })
     })
-)
-
-const retiredCount = Effect.map(
-  Metric.snapshot,
-  (snapshots) =>
-    snapshots.reduce(
-      (n, s) => s.id === "pqcancel.sessions.retired" && s.type === "Counter" ? n + Number(s.state.count) : n,
-      0
-    )
 )
 
 const sessions = [

@@ -165,6 +165,19 @@ const variants: ReadonlyArray<Variant> = [
   }
 ]
 
+/** One multiplexed connection on the cluster's unix socket, a monitor, and the connection's backend pid */
+const multiplexed = Effect.gen(function*() {
+  const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+  const client = yield* makeClient({
+    host: cluster.socketDir,
+    port: cluster.port,
+    username: "postgres",
+    multiplex: true,
+    maxConnections: 1
+  })
+  return { ...client, monitor: yield* monitorOf(cluster), pid: yield* backendPid(client.sql) }
+})
+
 const setup = (variant: Variant) =>
   Effect.gen(function*() {
     const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
@@ -301,16 +314,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
 
   it.effect("multiplex: a shared pipelined statement is cancelled, and so is a transaction's", () =>
     Effect.gen(function*() {
-      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
-      const { cancels, sql } = yield* makeClient({
-        host: cluster.socketDir,
-        port: cluster.port,
-        username: "postgres",
-        multiplex: true,
-        maxConnections: 1
-      })
-      const monitor = yield* monitorOf(cluster)
-      const pid = yield* backendPid(sql)
+      const { cancels, monitor, pid, sql } = yield* multiplexed
       // a shared (pipelined) statement, alone on the wire: cancelled through pqcancel
       const shared = yield* sql`SELECT pg_sleep(60)`.pipe(Effect.forkChild)
       yield* TestSession.waitUntilSleeping(monitor, pid)
@@ -331,16 +335,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "120 secon
 
   it.effect("multiplex: a statement written behind another waits for its turn, then only it is cancelled", () =>
     Effect.gen(function*() {
-      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
-      const { cancels, sql } = yield* makeClient({
-        host: cluster.socketDir,
-        port: cluster.port,
-        username: "postgres",
-        multiplex: true,
-        maxConnections: 1
-      })
-      const monitor = yield* monitorOf(cluster)
-      const pid = yield* backendPid(sql)
+      const { cancels, monitor, pid, sql } = yield* multiplexed
       const first = yield* sql<{ n: number }>`SELECT 7 AS n FROM pg_sleep(0.5)`.pipe(Effect.forkChild)
       const second = yield* sql`SELECT pg_sleep(60)`.pipe(Effect.forkChild)
       yield* TestSession.waitUntilSleeping(monitor, pid)

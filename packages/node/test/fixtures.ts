@@ -14,6 +14,7 @@ import * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import * as Fs from "node:fs"
@@ -255,3 +256,13 @@ export const makeWith = (driver: PostgresJsAdapter.Driver) => {
  */
 export const noPipelining = (major: 3 | 4): PostgresJsAdapter.Options =>
   ({ max_pipeline: major === 3 ? 0 : 1 }) as PostgresJsAdapter.Options
+
+/** How many sessions the adapters retired in this run's MetricRegistry (`pqcancel.sessions.retired`) */
+export const retiredCount = Effect.map(
+  Metric.snapshot,
+  (snapshots) =>
+    snapshots.reduce(
+      (n, s) => s.id === "pqcancel.sessions.retired" && s.type === "Counter" ? n + Number(s.state.count) : n,
+      0
+    )
+)
