@@ -1,7 +1,7 @@
 /**
  * The cancel derived from a driver session presents exactly the TLS material the session had: with libpq's default
  * files present (`~/.postgresql/root.crt` from another CA, an unreadable `postgresql.crt` / `postgresql.key` — HOME
- * pointed at a directory holding them), a node-postgres or `@effect/sql-pg` session that verified nothing, or verified
+ * pointed at a directory holding them), a node-postgres, postgres.js or `@effect/sql-pg` session that verified nothing, or verified
  * with its own CA and had no client certificate, still cancels: the cancel reads none of those files (reading the
  * root certificate would make `require` verify against the wrong CA; reading the client certificate would fail).
  */
@@ -9,6 +9,7 @@ import * as PgClient from "@effect/sql-pg/PgClient"
 import { assert, layer } from "@effect/vitest"
 import { NodeTransport } from "@pqcancel/node"
 import * as PgAdapter from "@pqcancel/node/PgAdapter"
+import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
 import * as SqlPgAdapter from "@pqcancel/node/SqlPgAdapter"
 import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
 import * as Context from "effect/Context"
@@ -74,6 +75,31 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
           yield* Fiber.interrupt(fiber)
           assert.isFalse(PgAdapter.isRetired(client), "the cancel was dispatched and the statement ended 57014")
           assert.strictEqual((yield* PgAdapter.query(client, undefined, "SELECT 42 AS n")).rows[0]?.["n"], 42)
+        }).pipe(Effect.provide(NodeTransport.layer), Effect.provideService(Metric.MetricRegistry, new Map())))
+
+      it.effect(`postgres.js, ${session.name}: libpq's default files are not read`, () =>
+        Effect.gen(function*() {
+          const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+          const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
+          yield* homeWithDefaultFiles
+          const app = `tls-home-${++apps}`
+          const sql = yield* PostgresJsAdapter.make({
+            host: "localhost",
+            port: cluster.port,
+            user: "postgres",
+            database: "postgres",
+            max: 1,
+            onnotice: () => {},
+            connection: { application_name: app },
+            ssl: session.ssl(Fs.readFileSync(cluster.caCertPath, "utf8")),
+            cancel: { cancelTimeout: "5 seconds" }
+          })
+          const fiber = yield* Effect.forkChild(PostgresJsAdapter.query(sql, (s) => s`SELECT pg_sleep(60)`))
+          yield* sleepingPid(monitor, app)
+          yield* Fiber.interrupt(fiber)
+          assert.strictEqual(yield* retiredCount, 0, "the cancel was dispatched and the statement ended 57014")
+          const rows = yield* PostgresJsAdapter.query(sql, (s) => s`SELECT 42 AS n`)
+          assert.strictEqual(rows[0]?.["n"], 42)
         }).pipe(Effect.provide(NodeTransport.layer), Effect.provideService(Metric.MetricRegistry, new Map())))
 
       it.effect(`@effect/sql-pg, ${session.name}: libpq's default files are not read`, () =>
