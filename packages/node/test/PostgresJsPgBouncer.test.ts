@@ -31,7 +31,7 @@ describe.skipIf(reason !== undefined)("PostgresJsAdapter behind PgBouncer", () =
               const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
               const monitor = yield* TestSession.connectTo(cluster, { transport: "unix" })
               const bouncer = yield* PgBouncer.make(cluster, { poolMode })
-              const app = `pgjs-bouncer-${poolMode}-${d.major}-${process.pid}-${d.name.length}`
+              const app = `pgjs-bouncer-${poolMode}-${d.name.replace(/\W+/g, "_")}-${process.pid}`
               let closes = 0
               const sql = yield* makeWith(d.driver)({
                 host: bouncer.host,
