@@ -21,11 +21,10 @@ import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import type * as Scope from "effect/Scope"
 import * as Fs from "node:fs"
-import * as Os from "node:os"
 import * as Path from "node:path"
 import { interruptFor, renderExceptions, rows } from "./faultTable.ts"
 import type { FaultRow, Route } from "./faultTable.ts"
-import { guideTable, sleepingPid, tableCells } from "./fixtures.ts"
+import { faultProxyFor, guideTable, sleepingPid, tableCells } from "./fixtures.ts"
 
 const CANCEL_TIMEOUT_MS = 1000
 const DRAIN_TIMEOUT_MS = 1000
@@ -143,20 +142,6 @@ const adapters: ReadonlyArray<Adapter> = [
   }
 ]
 
-/** A proxy in front of the cluster for one route: a TCP port, or a unix socket in a directory of its own */
-const proxyFor = Effect.fnUntraced(function*(cluster: EmbeddedPostgres.Cluster, route: Route) {
-  if (route !== "unix") return { proxy: yield* FaultProxy.make({ upstream: { port: cluster.port } }), dir: "" }
-  const dir = yield* Effect.acquireRelease(
-    Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "pqcancel-faults-"))),
-    (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
-  )
-  const proxy = yield* FaultProxy.make({
-    upstream: { path: cluster.socketPath },
-    listen: { path: Path.join(dir, `.s.PGSQL.${cluster.port}`) }
-  })
-  return { proxy, dir }
-})
-
 /** The sessions the adapters retired so far, by reason (`pqcancel.sessions.retired`) */
 const retiredReasons = Effect.map(
   Metric.snapshot,
@@ -187,7 +172,7 @@ const interruptOne = Effect.fnUntraced(function*(
   row: FaultRow,
   route: Route
 ) {
-  const { proxy, dir } = yield* proxyFor(cluster, route)
+  const { proxy, dir } = yield* faultProxyFor(cluster, route)
   const cancelTimeoutMs = row.cancelTimeoutMs ?? CANCEL_TIMEOUT_MS
   // connection 0 is the session (one per pool); the cancels come after it
   proxy.setRule((c) => c.index === 0 ? row.session : row.cancel?.(c.index - 1))

@@ -9,7 +9,8 @@
 import { assert, layer } from "@effect/vitest"
 import { CancelConnection, CancelKey, CancelOnInterrupt, ConnectionOptions, LegacyCancel } from "@pqcancel/core"
 import { NodeTransport } from "@pqcancel/node"
-import { EmbeddedPostgres, FaultProxy, TestSession } from "@pqcancel/test-utils"
+import type { FaultProxy } from "@pqcancel/test-utils"
+import { EmbeddedPostgres, TestSession } from "@pqcancel/test-utils"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -18,11 +19,9 @@ import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Result from "effect/Result"
 import * as Fs from "node:fs"
-import * as Os from "node:os"
-import * as Path from "node:path"
 import { on, renderMarkdown, rows } from "./faultTable.ts"
 import type { FaultRow, Outcome, Route } from "./faultTable.ts"
-import { guideTable, tableCells } from "./fixtures.ts"
+import { faultProxyFor, guideTable, tableCells } from "./fixtures.ts"
 
 const CANCEL_TIMEOUT_MS = 1000
 const DRAIN_TIMEOUT_MS = 1000
@@ -45,20 +44,6 @@ const outcomeOf = (exit: Exit.Exit<unknown, { readonly _tag: string; readonly me
     text: tail(error.message)
   }
 }
-
-/** A proxy in front of the cluster for one route: a TCP port, or a unix socket in a directory of its own */
-const proxyFor = Effect.fnUntraced(function*(cluster: EmbeddedPostgres.Cluster, route: Route) {
-  if (route !== "unix") return { proxy: yield* FaultProxy.make({ upstream: { port: cluster.port } }), dir: "" }
-  const dir = yield* Effect.acquireRelease(
-    Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "pqcancel-faults-"))),
-    (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
-  )
-  const proxy = yield* FaultProxy.make({
-    upstream: { path: cluster.socketPath },
-    listen: { path: Path.join(dir, `.s.PGSQL.${cluster.port}`) }
-  })
-  return { proxy, dir }
-})
 
 /** The cancel's conninfo for a route, through the proxy */
 const conninfoFor = (cluster: EmbeddedPostgres.Cluster, route: Route, proxy: FaultProxy.FaultProxy, dir: string) => {
@@ -109,7 +94,7 @@ const armed = Effect.fnUntraced(function*(
   row: FaultRow,
   key: TestSession.BackendKey
 ) {
-  const routed = yield* proxyFor(cluster, route)
+  const routed = yield* faultProxyFor(cluster, route)
   routed.proxy.setRule((c) => row.cancel?.(c.index))
   if (row.refuse === true) yield* routed.proxy.refuse
   return { ...routed, info: yield* sessionInfo(cluster, route, routed, key) }
@@ -200,7 +185,7 @@ const interruptOne = Effect.fnUntraced(function*(
   row: FaultRow,
   route: Route
 ) {
-  const routed = yield* proxyFor(cluster, route)
+  const routed = yield* faultProxyFor(cluster, route)
   // connection 0 is the session; the cancels come after it
   routed.proxy.setRule((c) => c.index === 0 ? row.session : row.cancel?.(c.index - 1))
   const session = yield* TestSession.connect(

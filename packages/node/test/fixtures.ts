@@ -8,7 +8,7 @@ import type { CancelConnection } from "@pqcancel/core"
 import { CancelConnection as CancelConnectionModule } from "@pqcancel/core"
 import { NodeTransport } from "@pqcancel/node"
 import * as PostgresJsAdapter from "@pqcancel/node/PostgresJsAdapter"
-import { EmbeddedPostgres, PgBouncer } from "@pqcancel/test-utils"
+import { EmbeddedPostgres, FaultProxy, PgBouncer } from "@pqcancel/test-utils"
 import { TestSession } from "@pqcancel/test-utils"
 import * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"
@@ -19,6 +19,7 @@ import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import * as Fs from "node:fs"
 import { createRequire } from "node:module"
+import * as Os from "node:os"
 import * as Path from "node:path"
 import postgres from "postgres"
 import postgres4 from "postgres4"
@@ -270,3 +271,20 @@ export const retiredCount = Effect.map(
       0
     )
 )
+
+/**
+ * A FaultProxy in front of the cluster: on a TCP port, or (`unix`) on `<dir>/.s.PGSQL.<port>` in a directory of its
+ * own (removed with the Scope) in front of the cluster's socket
+ */
+export const faultProxyFor = Effect.fnUntraced(function*(cluster: EmbeddedPostgres.Cluster, route: string) {
+  if (route !== "unix") return { proxy: yield* FaultProxy.make({ upstream: { port: cluster.port } }), dir: "" }
+  const dir = yield* Effect.acquireRelease(
+    Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "pqcancel-faults-"))),
+    (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
+  )
+  const proxy = yield* FaultProxy.make({
+    upstream: { path: cluster.socketPath },
+    listen: { path: Path.join(dir, `.s.PGSQL.${cluster.port}`) }
+  })
+  return { proxy, dir }
+})

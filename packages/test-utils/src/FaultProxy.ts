@@ -26,6 +26,7 @@ import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
+import { waitUntilSettled } from "./internal/settled.ts"
 import { Signal } from "./internal/signal.ts"
 import { packetsOf } from "./RecordingProxy.ts"
 import type { PacketKind } from "./RecordingProxy.ts"
@@ -458,25 +459,7 @@ export const make = (options: {
 
     // woken by every close: event-driven, no polling
     const settled = (from: number, timeoutMs = 5000): Effect.Effect<boolean> =>
-      Effect.callback<boolean>((resume) => {
-        const done = () => records.slice(from).every((r) => r.clientClosed)
-        if (done()) return resume(Effect.succeed(true))
-        const waiter = () => {
-          if (!done()) return
-          cleanup()
-          resume(Effect.succeed(true))
-        }
-        const timer = setTimeout(() => {
-          cleanup()
-          resume(Effect.succeed(false))
-        }, timeoutMs)
-        const cleanup = () => {
-          clearTimeout(timer)
-          closeWaiters.delete(waiter)
-        }
-        closeWaiters.add(waiter)
-        return Effect.sync(cleanup)
-      })
+      waitUntilSettled(() => records.slice(from).every((r) => r.clientClosed), closeWaiters, timeoutMs)
 
     return {
       port,

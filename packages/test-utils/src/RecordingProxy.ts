@@ -26,6 +26,7 @@ import * as Net from "node:net"
 import * as Tls from "node:tls"
 import * as Url from "node:url"
 import { replayDuplex } from "./internal/replayDuplex.ts"
+import { waitUntilSettled } from "./internal/settled.ts"
 
 /**
  * What the proxy does with one accepted connection.
@@ -310,25 +311,7 @@ export const make = (options: { readonly upstreamPort: number }): Effect.Effect<
     // woken by every close: event-driven, no polling
     const closeWaiters = new Set<() => void>()
     const settled = (from: number, timeoutMs = 5000): Effect.Effect<boolean> =>
-      Effect.callback<boolean>((resume) => {
-        const done = () => records.slice(from).every((r) => r.closed)
-        if (done()) return resume(Effect.succeed(true))
-        const waiter = () => {
-          if (!done()) return
-          cleanup()
-          resume(Effect.succeed(true))
-        }
-        const timer = setTimeout(() => {
-          cleanup()
-          resume(Effect.succeed(false))
-        }, timeoutMs)
-        const cleanup = () => {
-          clearTimeout(timer)
-          closeWaiters.delete(waiter)
-        }
-        closeWaiters.add(waiter)
-        return Effect.sync(cleanup)
-      })
+      waitUntilSettled(() => records.slice(from).every((r) => r.closed), closeWaiters, timeoutMs)
 
     return {
       port,
