@@ -21,7 +21,7 @@ import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import * as Schema from "effect/Schema"
 import { adapters, CANCELED } from "./faultSubjects.ts"
-import { interruptedOnly } from "./fixtures.ts"
+import { interruptedOnly, retiredCount } from "./fixtures.ts"
 
 const CANCEL_TIMEOUT_MS = 500
 const DRAIN_TIMEOUT_MS = 800
@@ -134,10 +134,7 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
               const next = subject.retired() || faults.stallAfterMs !== null
                 ? undefined
                 : yield* Effect.exit(subject.run("SELECT 1"))
-              const retired = yield* Effect.map(Metric.snapshot, (snapshots) =>
-                snapshots.some((m) =>
-                  m.id === "pqcancel.sessions.retired" && m.type === "Counter" && Number(m.state.count) > 0
-                ))
+              const retired = (yield* retiredCount) > 0
               const known = adapter.afterRetire
               const final = next !== undefined && Exit.isFailure(next) && retired && known !== undefined &&
                   known.test(Cause.pretty(next.cause))
