@@ -97,8 +97,8 @@ const applyKeepalives = (socket: Net.Socket, options: ConnectionOptions.Connecti
 // One socket, reporting to the cancel's event sink straight from Node's callbacks (no queue, no fiber per event).
 // A class, so a cancel allocates its listeners and nothing per method.
 class NodeConnection implements TransportNs.Connection {
-  private readonly raw = new Net.Socket()
-  private active: Net.Socket = this.raw
+  private readonly raw: Net.Socket
+  private active: Net.Socket
   private connected = false
   private secured = false
   private closed = false
@@ -111,7 +111,14 @@ class NodeConnection implements TransportNs.Connection {
   /** set for a driver's session ({@link connectStream}) */
   identityCheck: IdentityCheck | undefined
 
-  constructor(request: TransportNs.ConnectRequest, sink: TransportNs.EventSink, gssOptions: NodeGss.Options | false) {
+  constructor(
+    request: TransportNs.ConnectRequest,
+    sink: TransportNs.EventSink,
+    gssOptions: NodeGss.Options | false,
+    onread?: Net.OnReadOpts
+  ) {
+    this.raw = new Net.Socket(onread === undefined ? undefined : { onread })
+    this.active = this.raw
     this.request = request
     this.emit = sink
     this.gssOptions = gssOptions
@@ -314,6 +321,8 @@ export const connectStream = (request: {
   readonly verifyHost: string | undefined
   readonly timeoutMs: number
   readonly identityCheck?: IdentityCheck | undefined
+  /** reads into one buffer of the caller's, for a session that stays plaintext (`sslmode=disable`, a unix socket) */
+  readonly onread?: Net.OnReadOpts | undefined
 }): Promise<Stream> =>
   new Promise((resolve, reject) => {
     const { address, options } = request
@@ -342,54 +351,59 @@ export const connectStream = (request: {
       if (socket !== raw) raw.on("error", ignore)
       resolve({ socket, raw, encrypted })
     }
-    const connection = new NodeConnection({ address, options }, (event) => {
-      switch (event._tag) {
-        case "Connected": {
-          if (!tls) return ready(false)
-          if (direct) {
-            phase = "tls"
-            return connection.startTls(tlsRequest)
+    const connection = new NodeConnection(
+      { address, options },
+      (event) => {
+        switch (event._tag) {
+          case "Connected": {
+            if (!tls) return ready(false)
+            if (direct) {
+              phase = "tls"
+              return connection.startTls(tlsRequest)
+            }
+            phase = "ssl"
+            return connection.write(Protocol.sslRequest)
           }
-          phase = "ssl"
-          return connection.write(Protocol.sslRequest)
+          case "Data": {
+            if (phase !== "ssl") return fail(CancelMachine.Messages.unexpectedResponse)
+            // one byte, nothing after it (CVE-2021-23222)
+            if (event.bytes.length > 1) return fail(CancelMachine.Messages.sslUnencryptedData)
+            const answer = Protocol.classifyNegotiationResponse(event.bytes[0]!, "ssl")
+            if (answer.kind === "accept") {
+              phase = "tls"
+              return connection.startTls(tlsRequest)
+            }
+            if (answer.kind !== "reject") return fail(answer.error.message)
+            return options.sslmode === "allow" || options.sslmode === "prefer"
+              ? ready(false)
+              : fail(CancelMachine.Messages.sslRequired)
+          }
+          case "TlsEstablished":
+            if (direct && event.alpn !== "postgresql") {
+              return fail(event.alpn === false ? CancelMachine.Messages.noAlpn : CancelMachine.Messages.wrongAlpn)
+            }
+            return ready(true)
+          case "ConnectFailed":
+            return fail(
+              `${event.message}\n${
+                address._tag === "Unix" ? CancelMachine.Messages.unixHint : CancelMachine.Messages.tcpHint
+              }`
+            )
+          case "Eof":
+            return fail(CancelMachine.Messages.serverClosed)
+          case "IoError":
+            return fail(CancelMachine.Messages.receiveFailed(event.message))
+          case "TlsFailed":
+          case "GssFailed":
+          case "PeerRejected":
+            return fail(event.message)
+          case "GssEstablished":
+            return fail(CancelMachine.Messages.unexpectedResponse)
         }
-        case "Data": {
-          if (phase !== "ssl") return fail(CancelMachine.Messages.unexpectedResponse)
-          // one byte, nothing after it (CVE-2021-23222)
-          if (event.bytes.length > 1) return fail(CancelMachine.Messages.sslUnencryptedData)
-          const answer = Protocol.classifyNegotiationResponse(event.bytes[0]!, "ssl")
-          if (answer.kind === "accept") {
-            phase = "tls"
-            return connection.startTls(tlsRequest)
-          }
-          if (answer.kind !== "reject") return fail(answer.error.message)
-          return options.sslmode === "allow" || options.sslmode === "prefer"
-            ? ready(false)
-            : fail(CancelMachine.Messages.sslRequired)
-        }
-        case "TlsEstablished":
-          if (direct && event.alpn !== "postgresql") {
-            return fail(event.alpn === false ? CancelMachine.Messages.noAlpn : CancelMachine.Messages.wrongAlpn)
-          }
-          return ready(true)
-        case "ConnectFailed":
-          return fail(
-            `${event.message}\n${
-              address._tag === "Unix" ? CancelMachine.Messages.unixHint : CancelMachine.Messages.tcpHint
-            }`
-          )
-        case "Eof":
-          return fail(CancelMachine.Messages.serverClosed)
-        case "IoError":
-          return fail(CancelMachine.Messages.receiveFailed(event.message))
-        case "TlsFailed":
-        case "GssFailed":
-        case "PeerRejected":
-          return fail(event.message)
-        case "GssEstablished":
-          return fail(CancelMachine.Messages.unexpectedResponse)
-      }
-    }, false)
+      },
+      false,
+      tls ? undefined : request.onread
+    )
     connection.identityCheck = request.identityCheck
     const timer = setTimeout(() => fail(CancelMachine.Messages.timeout), Math.max(0, request.timeoutMs))
   })

@@ -270,6 +270,8 @@ const socketFactory = (
     readonly options: ConnectionOptions.ConnectionOptions
     readonly servername: string | undefined
     readonly identityCheck: ((host: string, cert: Tls.PeerCertificate) => Error | undefined) | undefined
+    /** the driver takes a shared buffer's bytes from `socket.ondata` (postgres.js 4) */
+    readonly sharedReads: boolean
   },
   sessions: Map<string, Wire>,
   wires: Set<Wire>,
@@ -283,13 +285,26 @@ const socketFactory = (
     let last: unknown = undefined
     for (const address of await addressesOf(target, path)) {
       try {
+        // a session that stays plaintext reads into one buffer, as postgres.js 4's own sockets do (no allocation
+        // per read); the driver copies what it keeps (`shared`)
+        const shared = session.sharedReads && (address._tag === "Unix" || session.options.sslmode === "disable")
+        let receive: ((chunk: Buffer) => void) | undefined
+        const buffer = shared ? Buffer.allocUnsafe(65536) : undefined
+        const onread: Net.OnReadOpts | undefined = buffer === undefined ? undefined : {
+          buffer,
+          callback: (n) => {
+            receive?.(buffer.subarray(0, n))
+            return true
+          }
+        }
         const stream = await NodeTransport.connectStream({
           host: target.host,
           address,
           options: session.options,
           verifyHost: session.servername ?? target.hostname,
           timeoutMs: deadline - Date.now(),
-          identityCheck: session.identityCheck
+          identityCheck: session.identityCheck,
+          onread
         })
         const recorded: CancelMachine.RemoteAddress = address._tag === "Unix" ? address : {
           _tag: "Tcp",
@@ -297,9 +312,19 @@ const socketFactory = (
           port: stream.raw.remotePort ?? address.port,
           family: stream.raw.remoteFamily === "IPv6" ? 6 : 4
         }
-        const wire = new Wire(stream, target.host, recorded, (w) => sessions.set(w.id!, w))
+        const wire = new Wire(stream, target.host, recorded, (w) => sessions.set(w.id!, w), shared)
         wires.add(wire)
         onWire(wire)
+        if (shared) {
+          // postgres.js 4 takes a shared socket's bytes from `ondata`
+          const socket = stream.socket as Net.Socket & { shared?: boolean; ondata?: (chunk: Buffer) => void }
+          socket.shared = true
+          socket.ondata = () => {}
+          receive = (chunk) => {
+            wire.receive(chunk)
+            socket.ondata!(chunk)
+          }
+        }
         stream.raw.once("close", () => {
           wires.delete(wire)
           if (wire.id !== undefined && sessions.get(wire.id) === wire) sessions.delete(wire.id)
@@ -423,7 +448,7 @@ const create = (urlOrOptions: string | Options, maybeOptions: Options | undefine
   const owner: { managed: Managed | undefined } = { managed: undefined }
   const factory = socketFactory(
     parsed,
-    { options: sessionOptions, servername, identityCheck },
+    { options: sessionOptions, servername, identityCheck, sharedReads: reader.major === 4 },
     sessions,
     wires,
     connectTimeout,

@@ -151,11 +151,15 @@ export class Wire {
   private readonly write: Write
   private readonly out: Framer
 
+  /** the server's bytes, counted (a socket reading into a shared buffer hands them here itself) */
+  readonly receive: (chunk: Uint8Array) => void
+
   constructor(
     stream: { readonly socket: Net.Socket; readonly raw: Net.Socket; readonly encrypted: boolean },
     host: ConnectionOptions.HostEntry,
     address: CancelMachine.RemoteAddress,
-    onKey: (wire: Wire) => void
+    onKey: (wire: Wire) => void,
+    sharedReads: boolean
   ) {
     this.socket = stream.socket
     this.raw = stream.raw
@@ -195,6 +199,8 @@ export class Wire {
       this.count(chunk, encoding)
       return write(chunk, encoding, callback)
     }) as typeof socket.write
+    this.receive = (chunk) => incoming.push(chunk)
+    if (sharedReads) return
     const push = socket.push.bind(socket)
     socket.push = (chunk: unknown, encoding?: BufferEncoding): boolean => {
       if (chunk instanceof Uint8Array) incoming.push(chunk)
