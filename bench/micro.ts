@@ -181,10 +181,14 @@ const kit = AdapterKit.make<object, unknown, never>({
 })
 const connection = {}
 const statement = Effect.succeed(1)
-measure("an Effect statement (bare)", runSync(statement))
+measure("an Effect statement (bare, with the same Transport provided)", runProvided(statement))
 measure(
   "AdapterKit.effect (sql-pg's path: one child fiber)",
   runProvided(kit.effect(connection, undefined, (f) => f, statement))
+)
+measure(
+  "AdapterKit.reclaimed (sql-pg multiplex: no fiber)",
+  runProvided(kit.reclaimed(connection, undefined, statement, () => undefined))
 )
 measure(
   "CancelOnInterrupt.cancelOnInterrupt (the 0.1 path, for comparison)",

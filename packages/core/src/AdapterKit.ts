@@ -175,8 +175,38 @@ export interface AdapterKit<Conn extends object, Stmt, E> {
     start: (done: (exit: Exit.Exit<A, EA>) => void) => Stmt,
     connectionOf: (statement: Stmt) => Conn
   ) => Effect.Effect<A, EA, Transport>
+  /**
+   * Runs one statement that is an Effect of the driver's own which, when interrupted, stops waiting for the
+   * statement but leaves it running on the session (a pipelined driver abandons its entry): no fiber is forked. After
+   * the query's own interruption, `reclaim` (given the fiber) takes back what it left running — how to wait for its
+   * end — or says nothing is left (it was never written); the kit then locates and cancels it under `policy`.
+   */
+  readonly reclaimed: <A, EA, R>(
+    connection: Conn,
+    policy: CancelOnInterrupt.Policy | undefined,
+    query: Effect.Effect<A, EA, R>,
+    reclaim: (fiber: Fiber.Fiber<unknown, unknown>) => Reclaimed<Stmt> | undefined
+  ) => Effect.Effect<A, EA | E, R | Transport>
   /** whether the adapter retired the connection */
   readonly isRetired: (connection: Conn) => boolean
+}
+
+/**
+ * A statement its driver left running when the query's fiber was interrupted, taken back by the adapter (see
+ * {@link AdapterKit.reclaimed}).
+ *
+ * @category models
+ * @since 0.2.0
+ */
+export interface Reclaimed<Stmt> {
+  /** what `locate` knows it by */
+  readonly statement: Stmt
+  /** its outcome, if it has ended */
+  readonly poll: () => Exit.Exit<unknown, unknown> | undefined
+  /** waits until it ends */
+  readonly await: Effect.Effect<Exit.Exit<unknown, unknown>>
+  /** gives it up (the connection is being retired) */
+  readonly abandon: Effect.Effect<void>
 }
 
 interface Targets {
@@ -348,5 +378,23 @@ export const make = <Conn extends object, Stmt, E>(port: DriverPort<Conn, Stmt, 
       })
     })
 
-  return { port, target, statement, effect, pooled, isRetired: port.isRetired }
+  const reclaimed = <A, EA, R>(
+    connection: Conn,
+    policy: CancelOnInterrupt.Policy | undefined,
+    query: Effect.Effect<A, EA, R>,
+    reclaim: (fiber: Fiber.Fiber<unknown, unknown>) => Reclaimed<Stmt> | undefined
+  ): Effect.Effect<A, EA | E, R | Transport> =>
+    Effect.suspend((): Effect.Effect<A, EA | E, R | Transport> => {
+      const session = target(connection)
+      if (Result.isFailure(session)) return Effect.fail(session.failure)
+      return Effect.onInterrupt(query, () =>
+        Effect.withFiber((fiber) => {
+          const left = reclaim(fiber)
+          return left === undefined
+            ? Effect.void
+            : Interruption.afterInterrupt(left, settings(connection, left.statement, session.success, policy))
+        }))
+    })
+
+  return { port, target, statement, effect, pooled, reclaimed, isRetired: port.isRetired }
 }

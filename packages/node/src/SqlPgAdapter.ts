@@ -470,7 +470,14 @@ const withTurn = <A, E, R>(turn: Turn, effect: Effect.Effect<A, E, R>): Effect.E
     )
   })
 
-const theFiber = <A, E>(fiber: Fiber.Fiber<A, E>): Fiber.Fiber<unknown, unknown> => fiber
+/** A statement as the sql-pg port's `locate` knows it: the fiber that runs it, and how it runs */
+interface SqlPgStatement {
+  readonly fiber: Fiber.Fiber<unknown, unknown>
+  /** queued on the shared pipeline of a multiplexed connection (else: one at a time, the adapter's turn) */
+  readonly pipelined: boolean
+}
+
+const exclusiveStatement = <A, E>(fiber: Fiber.Fiber<A, E>): SqlPgStatement => ({ fiber, pipelined: false })
 
 /** What the adapter runs statements with: the kit of this client's pool, and each connection's base and turn */
 interface Guard {
@@ -487,13 +494,13 @@ interface Guard {
 
 const makeGuard = (pool: PgPool.PgPool, cancel: CancelOptions, settings: Options, transport: Transport["Service"]) => {
   const retired = new WeakSet<SqlPg.Base>()
-  const kit = AdapterKit.make<SqlPg.Base, Fiber.Fiber<unknown, unknown>, SqlError>({
+  const kit = AdapterKit.make<SqlPg.Base, SqlPgStatement, SqlError>({
     driver: `@effect/sql-pg ${installedVersion}`,
     target: (base) =>
       Result.mapError(sessionInfoResult(base as unknown as PgConnection.PgConnection, cancel), internalsError),
-    locate: (base, fiber) =>
-      SqlPg.isPipelined(base) ? SqlPg.locateMultiplexed(base, fiber) : SqlPg.locateExclusive(base),
-    awaitTurn: SqlPg.awaitTurn,
+    locate: (base, statement) =>
+      statement.pipelined ? SqlPg.locateMultiplexed(base, statement.fiber) : SqlPg.locateExclusive(base),
+    awaitTurn: (base, statement) => SqlPg.awaitTurn(base, statement.fiber),
     retire: (base) =>
       Effect.suspend(() => {
         retired.add(base)
@@ -518,8 +525,20 @@ const makeGuard = (pool: PgPool.PgPool, cancel: CancelOptions, settings: Options
     const base = SqlPg.baseOf(connection)
     return typeof base === "string" ? Result.fail(internalsError(changedError(base))) : Result.succeed(base)
   }
+  // one statement at a time (the adapter's turn): it runs in a child fiber, which keeps reading the answer while the
+  // cancel is sent (sql-pg's own interruption of it would send sql-pg's own cancel)
   const protect = <A>(base: SqlPg.Base, query: Effect.Effect<A, SqlError>) =>
-    Effect.provideService(kit.effect(base, settings, theFiber, query), Transport, transport)
+    Effect.provideService(kit.effect(base, settings, exclusiveStatement, query), Transport, transport)
+  // pipelined: no fiber of its own; sql-pg abandons the interrupted statement's entry, the kit takes it back
+  const protectPipelined = <A>(base: SqlPg.Base, query: Effect.Effect<A, SqlError>) =>
+    Effect.provideService(
+      kit.reclaimed(base, settings, query, (fiber) => {
+        const left = SqlPg.reclaimPipelined(base, fiber)
+        return left === undefined ? undefined : { ...left, statement: { fiber, pipelined: true } }
+      }),
+      Transport,
+      transport
+    )
 
   const effect = <A>(
     connection: PgConnection.PgConnection,
@@ -529,8 +548,11 @@ const makeGuard = (pool: PgPool.PgPool, cancel: CancelOptions, settings: Options
     Effect.suspend(() => {
       const base = baseOf(connection)
       if (Result.isFailure(base)) return Effect.fail(base.failure)
-      const run = protect(base.success, query)
-      return exclusive ? withTurn(turnOf(base.success), run) : run
+      return exclusive
+        ? withTurn(turnOf(base.success), protect(base.success, query))
+        : base.success.multiplex
+        ? protectPipelined(base.success, query)
+        : protect(base.success, query)
     })
 
   const stream = <A>(connection: PgConnection.PgConnection, rows: Stream.Stream<A, SqlError>): Stream.Stream<

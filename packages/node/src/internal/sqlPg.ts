@@ -17,9 +17,11 @@
  */
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import type * as Scope from "effect/Scope"
 import type * as Semaphore from "effect/Semaphore"
+import type { SqlError } from "effect/sql/SqlError"
 import * as Net from "node:net"
 import * as Tls from "node:tls"
 
@@ -27,7 +29,7 @@ const internalsKey = "~@effect/sql-pg/PgConnection/internals"
 
 /** One statement of a multiplexed pipeline, as sql-pg keeps it (tagged by the adapter with the fiber that queued it) */
 interface PipelineEntry {
-  readonly deferred: Deferred.Deferred<unknown, never>
+  readonly deferred: Deferred.Deferred<unknown, SqlError>
   abandoned: boolean
   [fiberTag]?: Fiber.Fiber<unknown, unknown> | undefined
 }
@@ -45,8 +47,6 @@ export interface Base {
   readonly deadWith: unknown
   readonly consumer: unknown
   readonly multiplex: boolean
-  /** a pin (transaction, stream, reserve) owns the connection: its statements run one at a time, not pipelined */
-  readonly pinned: boolean
   readonly owner: Semaphore.Semaphore
   readonly pipelinePending: Array<PipelineEntry>
   readonly pipelineInFlight: Array<PipelineEntry>
@@ -87,7 +87,6 @@ export const checkBase = (base: Base, processId: number): string | undefined => 
     return `session.encrypted is ${encrypted} but the socket is ${encrypted ? "not " : ""}a TLS socket`
   }
   if (!("consumer" in base) || !("deadWith" in base)) return "the base connection has no consumer / deadWith"
-  if (typeof base.pinned !== "boolean") return "the base connection has no pinned flag"
   if (base.multiplex !== true) return undefined
   if (
     !Array.isArray(base.pipelinePending) || !Array.isArray(base.pipelineInFlight) ||
@@ -192,8 +191,40 @@ export const awaitTurn = (base: Base, fiber: Fiber.Fiber<unknown, unknown>): Eff
     return Effect.sleep(2)
   })
 
-/** Whether the connection pipelines statements now (multiplexed and not pinned) */
-export const isPipelined = (base: Base): boolean => base.multiplex && !base.pinned
+/**
+ * After a pipelined statement's fiber was interrupted (sql-pg then abandons its entry: a pending one is never
+ * written, a written one's answer is dropped): takes back a written one — its answer is awaited again — so the
+ * interruption can cancel it and wait for its end. Undefined when nothing of it is left on the wire.
+ */
+export const reclaimPipelined = (base: Base, fiber: Fiber.Fiber<unknown, unknown>): {
+  readonly poll: () => Exit.Exit<unknown, unknown> | undefined
+  readonly await: Effect.Effect<Exit.Exit<unknown, unknown>>
+  readonly abandon: Effect.Effect<void>
+} | undefined => {
+  const inFlight = base.pipelineInFlight
+  let entry: PipelineEntry | undefined
+  for (let i = base.pipelineHead; i < inFlight.length; i++) {
+    if (inFlight[i]![fiberTag] === fiber) {
+      entry = inFlight[i]
+      break
+    }
+  }
+  if (entry === undefined || Deferred.isDoneUnsafe(entry.deferred)) return undefined
+  entry.abandoned = false // its answer completes its Deferred again
+  const deferred = entry.deferred
+  const reclaimed = entry
+  let ended: Exit.Exit<unknown, unknown> | undefined
+  return {
+    poll: () => ended ?? (Deferred.isDoneUnsafe(deferred) ? Exit.void : undefined),
+    await: Effect.tap(Effect.exit(Deferred.await(deferred)), (exit) =>
+      Effect.sync(() => {
+        ended = exit
+      })),
+    abandon: Effect.sync(() => {
+      reclaimed.abandoned = true
+    })
+  }
+}
 
 /**
  * Where the statement is on a connection the adapter runs one statement at a time on (its own turn): written
