@@ -90,8 +90,9 @@ export interface BlockingOptions {
   /** bound on each attempt (default: the session's connect_timeout, else none) */
   readonly timeout?: Duration.Input | undefined
   /**
-   * whether and when to `reset` and send the cancel again after a transient failure (connection refused, reset,
-   * timeout — never after a TLS/certificate failure or anything that would fail again); default: one attempt
+   * whether and when to `reset` and send the cancel again after a transient failure (connection refused, reset or
+   * closed early — also in the middle of a TLS or GSS handshake —, timeout; never after a certificate, TLS protocol
+   * or GSSAPI failure or anything else that would fail again); default: one attempt
    */
   readonly retry?: Schedule.Schedule<unknown, CancelFailed | CancelTimeout> | undefined
 }
@@ -115,9 +116,9 @@ export interface CancelConnection {
   readonly poll: Effect.Effect<CancelMachine.PollingStatus>
   /**
    * `PQcancelBlocking`: start and poll to the end, bounded by `timeout` or else the session's `connect_timeout`
-   * (libpq's `timeout expired`). With `retry`, a transient failure (`CancelError.isTransient`: refused, reset,
-   * timeout — never a TLS or certificate failure) is followed by `reset` and a new attempt when and while the
-   * schedule says so; without it, one attempt as libpq.
+   * (libpq's `timeout expired`). With `retry`, a transient failure (`CancelError.isTransient`: refused, reset or
+   * closed early — also during a TLS or GSS handshake —, timeout; never a certificate or TLS protocol failure) is
+   * followed by `reset` and a new attempt when and while the schedule says so; without it, one attempt as libpq.
    */
   readonly blocking: (options?: BlockingOptions) => Effect.Effect<void, CancelFailed | CancelTimeout>
   /** `PQcancelStatus` */

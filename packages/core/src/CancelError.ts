@@ -61,10 +61,11 @@ export class CancelCreateError
 export class CancelFailed extends Schema.TaggedError<CancelFailed>("@pqcancel/core/CancelFailed")("CancelFailed", {
   message: Schema.String,
   /**
-   * true when sending the cancel again may succeed: the connection was refused, reset or closed early, or timed
-   * out (the server restarting, a full listen queue, a pooler overloaded). Absent or false when it would fail the
-   * same way again: TLS or certificate verification, encryption the server does not offer, a protocol error,
-   * invalid options, no key.
+   * true when sending the cancel again may succeed: the connection was refused, reset or closed early (also in the
+   * middle of a TLS or GSS handshake), or timed out (the server restarting, a full listen queue, a pooler
+   * overloaded, a network fault). Absent or false when it would fail the same way again: TLS or certificate
+   * verification, a TLS protocol or GSSAPI failure, encryption the server does not offer, a protocol error, invalid
+   * options, no key.
    */
   transient: Schema.optional(Schema.Boolean)
 }) {}
