@@ -5,9 +5,12 @@
  *
  * An adapter supplies a {@link DriverPort}: the few facts only its driver knows (where a connection's cancel goes,
  * where a statement is, how a connection is retired). {@link make} turns it into an {@link AdapterKit}, whose
- * {@link AdapterKit.statement} (a driver that reports a statement's end through a callback: no fiber at all) or
- * {@link AdapterKit.effect} (a driver whose statements are Effects: one child fiber) run one statement under the
- * {@link CancelOnInterrupt.Policy} the user gave — the same option names in every adapter.
+ * runners run one statement under the {@link CancelOnInterrupt.Policy} the user gave — the same option names in every
+ * adapter: {@link AdapterKit.statement} (a driver that reports a statement's end through a callback: no fiber at
+ * all; node-postgres), {@link AdapterKit.pooled} (the same, when the driver picks the connection later: postgres.js),
+ * {@link AdapterKit.reclaimed} (a driver whose statements are Effects that abandon an interrupted statement without
+ * stopping it: no fiber, the kit takes the statement back; `@effect/sql-pg` with `multiplex`) and
+ * {@link AdapterKit.effect} (any Effect: one child fiber keeps reading the answer while the cancel is sent).
  *
  * ## Implementing a driver port
  *
