@@ -385,8 +385,10 @@ export const make = (options: {
             if (client.readableEnded) client.end()
             return
           }
-          if (hold !== undefined) setTimeout(() => downLane.push(undefined), hold)
-          else downLane.push(undefined)
+          if (hold !== undefined) {
+            const timer = setTimeout(() => downLane.push(undefined), hold)
+            client.once("close", () => clearTimeout(timer))
+          } else downLane.push(undefined)
         })
         target.on("close", () => {
           record.serverClosed = true
