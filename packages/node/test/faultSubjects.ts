@@ -35,11 +35,6 @@ export interface Subject {
 
 export interface Adapter {
   readonly name: string
-  /**
-   * a known issue (docs/reliability.md): after a retire, the pool's next statement may fail with an error matching
-   * this (instead of reconnecting)
-   */
-  readonly afterRetire?: RegExp
   /** a session (or pool of `size`) to 127.0.0.1:`port`; failing to open it is a defect */
   readonly open: (port: number, bounds: Bounds, size: number) => Effect.Effect<Subject, never, Scope.Scope>
 }
