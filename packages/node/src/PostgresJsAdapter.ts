@@ -376,15 +376,25 @@ const fail = (message: string): never => {
   throw new PostgresJsAdapterError({ message })
 }
 
-/** the session's own sslmode (postgres.js's `allow` and `prefer` try TLS first and fall back to plaintext) */
-const sessionParams = (parsed: PostgresJs.ParsedOptions): Readonly<Record<string, string>> | undefined => {
+/**
+ * A TLS session's own settings (postgres.js's `allow` and `prefer` try TLS first and fall back to plaintext) and its
+ * TLS material; undefined for a plaintext session
+ */
+const sessionTls = (parsed: PostgresJs.ParsedOptions): {
+  readonly params: Readonly<Record<string, string>>
+  readonly material: ConnectionOptions.SslMaterial | undefined
+} | undefined => {
   const ssl = parsed.ssl
   if (ssl === false || ssl === undefined || ssl === null || ssl === "disable") return undefined
   const mapped = fromPostgresJsSsl(ssl, parsed.sslnegotiation)
   if (Result.isFailure(mapped)) {
     return fail(`the ssl option cannot be carried over to the cancel: ${mapped.failure.message}`)
   }
-  return ssl === "allow" || ssl === "prefer" ? { ...mapped.success.params, sslmode: "prefer" } : mapped.success.params
+  const { params, sslMaterial } = mapped.success
+  return {
+    params: ssl === "allow" || ssl === "prefer" ? { ...params, sslmode: "prefer" } : params,
+    material: sslMaterial
+  }
 }
 
 const optionsOf = (
@@ -421,25 +431,24 @@ const create = (urlOrOptions: string | Options, maybeOptions: Options | undefine
   const connectTimeout = typeof parsed.connect_timeout === "number" && parsed.connect_timeout > 0
     ? parsed.connect_timeout
     : 30
-  const cancelConnectTimeout = String(Math.min(connectTimeout, 10))
-  // a postgres.js session is never GSS-encrypted: neither is its cancel
-  const base = { gssencmode: "disable", connect_timeout: cancelConnectTimeout }
-  const params = sessionParams(parsed)
+  const cancelConnectTimeout = Math.min(connectTimeout, 10)
+  const tls = sessionTls(parsed)
   const ssl = parsed.ssl
   const tlsObject = typeof ssl === "object" && ssl !== null ? ssl as Readonly<Record<string, unknown>> : undefined
-  const material = params === undefined ? undefined : Result.getOrUndefined(
-    Result.map(fromPostgresJsSsl(ssl, parsed.sslnegotiation), (m) => m.sslMaterial)
+  const encrypted = tls === undefined ? undefined : cancelTlsOptions(ssl, parsed.sslnegotiation, cancelConnectTimeout)
+  if (encrypted !== undefined && Result.isFailure(encrypted)) return fail(encrypted.failure.message)
+  const encryptedOptions = encrypted?.success
+  // a postgres.js session is never GSS-encrypted: neither is its cancel
+  const plainOptions = optionsOf(
+    { sslmode: "disable", gssencmode: "disable", connect_timeout: String(cancelConnectTimeout) },
+    undefined
   )
-  const encryptedOptions = params === undefined
-    ? undefined
-    : optionsOf({ ...params, ...base, sslmode: params.sslmode === "prefer" ? "require" : params.sslmode! }, material)
-  const plainOptions = optionsOf({ sslmode: "disable", ...base }, undefined)
   const servername = typeof tlsObject?.servername === "string" && tlsObject.servername !== ""
     ? tlsObject.servername
     : undefined
-  const sessionOptions = params === undefined
+  const sessionOptions = tls === undefined
     ? optionsOf({ sslmode: "disable", gssencmode: "disable" }, undefined)
-    : optionsOf({ ...params, gssencmode: "disable" }, material)
+    : optionsOf({ ...tls.params, gssencmode: "disable" }, tls.material)
   const identityCheck = typeof tlsObject?.checkServerIdentity === "function"
     ? tlsObject.checkServerIdentity as (host: string, cert: Tls.PeerCertificate) => Error | undefined
     : undefined
