@@ -255,6 +255,39 @@ describe("AdapterKit", () => {
       assert.deepStrictEqual(reasons, [])
     }))
 
+  it.effect("pooled: the connection is asked for only after an interruption, its target read then", () =>
+    Effect.gen(function*() {
+      const conn = makeConn(yield* sessionInfo)
+      const server = serverOf(conn, ["ok"])
+      let asked = 0
+      // a pool that picked the connection after the statement started: the statement is written on it
+      const pooled = (sql: string) =>
+        kit.pooled<string, Canceled>(undefined, (done) => {
+          const statement: FakeStatement = { sql, done }
+          conn.queue.push(statement)
+          return statement
+        }, () => {
+          asked++
+          return conn
+        })
+      const quick = yield* pooled("SELECT 1").pipe(Effect.provideService(Transport, server.service), Effect.forkChild)
+      yield* Effect.yieldNow
+      finish(conn, Exit.succeed("row"))
+      assert.strictEqual(yield* Fiber.join(quick), "row")
+      assert.deepStrictEqual([asked, conn.targetReads], [0, 0], "nothing is read for a statement never interrupted")
+      const fiber = yield* pooled("SELECT pg_sleep(60)").pipe(
+        Effect.provideService(Transport, server.service),
+        Effect.forkChild
+      )
+      yield* Effect.yieldNow
+      const exit = yield* interruptAndDrive(fiber)
+      assert.isTrue(Exit.hasInterrupts(exit))
+      assert.deepStrictEqual(server.attempts, ["ok"])
+      assert.isAbove(asked, 0)
+      assert.strictEqual(conn.targetReads, 1)
+      assert.deepStrictEqual(conn.retired, [])
+    }))
+
   it.effect("effect: a driver's Effect runs in a child fiber that locate knows it by", () =>
     Effect.gen(function*() {
       const conn = makeConn(yield* sessionInfo)
