@@ -12,7 +12,8 @@
  * - `transport`: `tcp` or `unix` (the address the cancel went to);
  * - `sslmode`: the session's sslmode (`disable` … `verify-full`);
  * - `outcome`: `dispatched` (the server read the request and closed the connection), `failed` (`CancelFailed`,
- *   `CancelCreateError`), `timed_out` (`CancelTimeout`). A cancel whose own fiber is interrupted is not counted;
+ *   `CancelCreateError`), `timed_out` (`CancelTimeout`). A cancel whose own fiber is interrupted is not counted,
+ *   except under `cancelOnInterrupt` when the statement's own 57014 stopped it: it was dispatched, and counts so;
  * - `reason`: `cancel_not_confirmed`, `query_did_not_end` or `not_canceled` (see `CancelOnInterrupt.UnsafeReason`).
  *
  * Never the key, the pid, a host name or an address: the attribute values are the closed sets above, so the number

@@ -8,6 +8,7 @@ import { NodeTransport } from "@pqcancel/node"
 import { EmbeddedPostgres, FakePostmaster, TestSession } from "@pqcancel/test-utils"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
@@ -82,6 +83,39 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
       yield* assertCancelled(pending)
       assert.strictEqual(yield* count(CancelMetrics.cancels("unix", "prefer", "dispatched")), 1)
       assert.strictEqual(yield* count(CancelMetrics.cancels("tcp", "prefer", "dispatched")), 0)
+    }).pipe(withRegistry, Effect.provide(NodeTransport.layer), EmbeddedPostgres.withServerLogOnFailure))
+
+  it.effect("cancel on interrupt counts each cancel once, also when the 57014 comes before the server's close", () =>
+    Effect.gen(function*() {
+      // the session's 57014 usually arrives before the server closes the cancel connection: the cancel's own run is
+      // then stopped (the statement confirmed it), and must still be counted as dispatched — exactly once
+      const pg = yield* EmbeddedPostgres.EmbeddedPostgres
+      const monitor = yield* TestSession.connectTo(pg, { transport: "unix" })
+      const session = yield* TestSession.connectTo(pg)
+      const info = yield* sessionInfo(session, conninfo(pg, "tcp", { sslmode: "disable" }))
+      const rounds = 8
+      for (let round = 0; round < rounds; round++) {
+        const sleeping = yield* Deferred.make<void>()
+        const query = Effect.gen(function*() {
+          const pending = yield* sleepingQuery(session, monitor)
+          yield* Deferred.succeed(sleeping, undefined)
+          return yield* pending.result
+        })
+        const fiber = yield* CancelOnInterrupt.cancelOnInterrupt(query, {
+          session: info,
+          isCanceled: (exit) => {
+            const result = Exit.isSuccess(exit) ? exit.value as TestSession.QueryResult : undefined
+            return result?._tag === "Error" && result.sqlstate === "57014"
+          }
+        }).pipe(Effect.forkChild)
+        yield* Deferred.await(sleeping)
+        yield* Fiber.interrupt(fiber)
+      }
+      assert.strictEqual(yield* count(CancelMetrics.cancels("tcp", "disable", "dispatched")), rounds)
+      assert.strictEqual(
+        (yield* Metric.value(CancelMetrics.cancelDuration("tcp", "disable", "dispatched"))).count,
+        rounds
+      )
     }).pipe(withRegistry, Effect.provide(NodeTransport.layer), EmbeddedPostgres.withServerLogOnFailure))
 })
 

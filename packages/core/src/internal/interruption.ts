@@ -117,16 +117,35 @@ const interrupted = Effect.fnUntraced(function*<A, E>(statement: Statement<A, E>
   // the session's own 57014 confirms the cancel: once the statement ended cancelled, the cancel connection is
   // finished (not waited for) and no other cancel of ours is in flight. Not behind a pooler (retireUnlessCanceled):
   // PgBouncer 1.18 drops the client's session when the cancel connection is closed before it answered
+  let confirmedByStatement = false
   const confirmed: Effect.Effect<Raced> | undefined = isCanceled === undefined || settings.retireUnlessCanceled === true
     ? undefined
     : Effect.flatMap(
       statement.await,
-      (exit) => isCanceled(exit) ? Effect.succeed({ _tag: "Confirmed" } as const) : Effect.never
+      (exit) =>
+        isCanceled(exit)
+          ? Effect.sync((): Raced => {
+            confirmedByStatement = true
+            return { _tag: "Confirmed" }
+          })
+          : Effect.never
     )
-  const send = Effect.map(
-    Effect.exit(CancelConnection.cancel(session, { timeout: cancelTimeout, retry })),
-    (exit): Raced => ({ _tag: "Sent", exit })
-  )
+  // a cancel run stopped because the statement's 57014 came first (it usually does, ~0.4 ms before the server closes
+  // the cancel connection) was dispatched all the same: count it as such (pqcancel.cancels), as its run would have
+  const send = Effect.withFiber((fiber) => {
+    const clock = fiber.getRef(Clock.Clock)
+    const start = clock.currentTimeNanosUnsafe()
+    return Effect.map(
+      Effect.exit(CancelConnection.cancel(session, { timeout: cancelTimeout, retry })),
+      (exit): Raced => ({ _tag: "Sent", exit })
+    ).pipe(Effect.onInterrupt(() =>
+      Effect.sync(() => {
+        if (!confirmedByStatement) return
+        const seconds = Number(clock.currentTimeNanosUnsafe() - start) / 1e9
+        CancelMetrics.recordOutcome(session, "dispatched", seconds, fiber.context)
+      })
+    ))
+  })
   const sendCancel = confirmed === undefined ? send : Effect.raceFirst(send, confirmed)
   const recancelInterval = Duration.toMillis(
     Duration.fromInputUnsafe(settings.recancelInterval ?? Duration.millis(500))
