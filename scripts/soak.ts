@@ -255,9 +255,10 @@ const program = Effect.gen(function*() {
   })
   yield* Fiber.interrupt(chaos)
   yield* proxy.accept
-  // every connection the adapters opened is closed by its client (a stalled one too)
+  // every connection the adapters opened is closed by its client (a stalled one too); then the proxy's own sockets
   const closed = yield* proxy.settled(0, 10_000)
   const left = proxy.records().filter((r) => !r.clientClosed).length
+  yield* proxy.drained(0, 10_000)
   process.off("unhandledRejection", onUnhandled)
   const heapAfter = heapMb()
   const fdsAfter = openFds()

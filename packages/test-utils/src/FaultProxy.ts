@@ -126,6 +126,11 @@ export interface FaultProxy {
    * `timeoutMs`; false when some is still open
    */
   readonly settled: (from: number, timeoutMs?: number) => Effect.Effect<boolean>
+  /**
+   * waits until every connection accepted since the `from`-th is closed on both of the proxy's sides (the client's
+   * and the server's socket), bounded by `timeoutMs`; false when some is still open
+   */
+  readonly drained: (from: number, timeoutMs?: number) => Effect.Effect<boolean>
   /** waits until the `index`-th connection exists and satisfies `check` (re-checked on every byte and close) */
   readonly awaitRecord: (
     index: number,
@@ -146,6 +151,7 @@ interface Mutable {
   serverClosed: boolean
   clientClosed: boolean
   closed: boolean
+  upstreamOpen: boolean
   stalled: boolean
 }
 
@@ -286,6 +292,7 @@ export const make = (options: {
         serverClosed: false,
         clientClosed: false,
         closed: false,
+        upstreamOpen: false,
         stalled: false
       }
       records.push(record)
@@ -338,6 +345,7 @@ export const make = (options: {
             allowHalfOpen: true
           })
         upstream = target
+        record.upstreamOpen = true
         track(target)
         target.setNoDelay(true)
         up = new Lane({
@@ -392,6 +400,8 @@ export const make = (options: {
         })
         target.on("close", () => {
           record.serverClosed = true
+          record.upstreamOpen = false
+          for (const waiter of Array.from(closeWaiters)) waiter()
           changed.notify()
           // a reset or error upstream: pass it on, unless the close is held or the connection is stalled
           if (fault?.holdCloseMs !== undefined || record.stalled) return
@@ -489,6 +499,8 @@ export const make = (options: {
         return count
       },
       settled,
+      drained: (from, timeoutMs = 5000) =>
+        waitUntilSettled(() => records.slice(from).every((r) => r.closed && !r.upstreamOpen), closeWaiters, timeoutMs),
       awaitRecord: (index, check) =>
         changed.waitFor(() => {
           const record = records[index]

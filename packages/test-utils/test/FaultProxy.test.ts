@@ -82,6 +82,9 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
       assert.isFalse(proxy.records()[0]!.closed)
       socket.destroy()
       assert.isTrue(yield* proxy.settled(0))
+      // and the proxy's own sockets, both sides
+      assert.isTrue(yield* proxy.drained(0))
+      assert.strictEqual(proxy.open(), 0)
     }))
 
   it.effect("a reset after N bytes from the server: the session's startup fails with ECONNRESET", () =>
