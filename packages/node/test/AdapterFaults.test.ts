@@ -1,7 +1,7 @@
 /**
  * Every adapter under every fault of docs/reliability.md's table (faultTable.ts): node-postgres's Client
  * (`PgAdapter`), postgres.js (`PostgresJsAdapter`) and `@effect/sql-pg` (`SqlPgAdapter`), each through a FaultProxy
- * in front of PostgreSQL 18 over plaintext TCP, TLS verify-full and a unix socket. An interrupted `pg_sleep` must end
+ * in front of PostgreSQL 18 over plaintext TCP, TLS verify-full (postgres.js: also direct) and a unix socket. An interrupted `pg_sleep` must end
  * within the row's bound, the connection must be kept or retired as the row says (read from the
  * `pqcancel.sessions.retired` metric, with its reason), a kept connection runs the next statement uncancelled, and
  * every cancel connection is closed. The core paths under the same faults: FaultMatrix.test.ts.
@@ -87,14 +87,17 @@ const adapters: ReadonlyArray<Adapter> = [
   },
   {
     name: "postgres.js",
-    routes: ["tcp", "tls", "unix"],
+    routes: ["tcp", "tls", "direct", "unix"],
     open: (e) =>
       Effect.gen(function*() {
+        const tls = e.route === "tls" || e.route === "direct"
         const sql = yield* PostgresJsAdapter.make({
           ...(e.route === "unix"
             ? { path: Path.join(e.dir, `.s.PGSQL.${e.cluster.port}`) }
-            : { host: e.route === "tls" ? "localhost" : "127.0.0.1", port: e.proxy.port }),
-          ...(e.route === "tls" ? { ssl: { ca: e.ca } } : {}),
+            : { host: tls ? "localhost" : "127.0.0.1", port: e.proxy.port }),
+          ...(tls ? { ssl: { ca: e.ca } } : {}),
+          // postgres.js's direct TLS (its types do not name the option)
+          ...(e.route === "direct" ? { sslnegotiation: "direct" } as {} : {}),
           user: "postgres",
           database: "postgres",
           max: 1,
@@ -175,15 +178,19 @@ const interruptOne = Effect.fnUntraced(function*(
   const { proxy, dir } = yield* faultProxyFor(cluster, route)
   const cancelTimeoutMs = row.cancelTimeoutMs ?? CANCEL_TIMEOUT_MS
   // connection 0 is the session (one per pool); the cancels come after it
-  proxy.setRule((c) => c.index === 0 ? row.session : row.cancel?.(c.index - 1))
-  const app = `faults-${++apps}`
+  // the sessions (a pool may open more than one, and close some) are the connections made before the statement
+  // sleeps; the cancels come after
+  proxy.setRule(() => row.session)
+  const app = `faults-${route}-${++apps}`
   const endpoint = { route, cluster, proxy, dir, ca: Fs.readFileSync(cluster.caCertPath, "utf8"), app, cancelTimeoutMs }
   // a registry of its own: the retired count is this run's only
   return yield* Effect.gen(function*() {
     const session = yield* adapter.open(endpoint)
     const fiber = yield* Effect.forkChild(session.sleep)
     yield* sleepingPid(monitor, app)
-    if (row.stall === true) proxy.stall((r) => r.index === 0)
+    const sessions = proxy.records().length
+    proxy.setRule((c) => row.cancel?.(c.index - sessions))
+    if (row.stall === true) proxy.stall((r) => r.index < sessions)
     if (row.refuse === true) yield* proxy.refuse
     const started = Date.now()
     yield* Fiber.interrupt(fiber)
@@ -193,19 +200,30 @@ const interruptOne = Effect.fnUntraced(function*(
     const bound = expected.bound === "cancelTimeout" ? cancelTimeoutMs : cancelTimeoutMs + DRAIN_TIMEOUT_MS
     const next = reasons.length === 0 ? yield* session.next : undefined
     return {
+      // the session's first packet: the route was the one asked for
+      session: proxy.records()[sessions - 1]?.first as string | undefined,
       withinBound: elapsed < bound + SLACK_MS,
       connection: reasons.length === 0 ? "kept" : "retired",
       reason: reasons.length === 0 ? undefined : reasons.join(", "),
       next,
       // every cancel connection was closed
-      closed: yield* proxy.settled(1)
+      closed: yield* proxy.settled(sessions)
     }
-  }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  }).pipe(
+    Effect.provideService(Metric.MetricRegistry, new Map()),
+    // a retired session's backend may still sleep (its statement was never cancelled): free its slot now
+    Effect.ensuring(
+      Effect.ignore(
+        monitor.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '${app}'`)
+      )
+    )
+  )
 }, Effect.scoped)
 
 const expectedOf = (row: FaultRow, adapter: Adapter, route: Route) => {
   const expected = interruptFor(row, adapter.name, route)
   return {
+    session: route === "direct" ? "TLS" : route === "tls" ? "SSLRequest" : "StartupMessage",
     withinBound: true,
     connection: expected.connection,
     reason: metricReason(expected.reason),
@@ -214,7 +232,12 @@ const expectedOf = (row: FaultRow, adapter: Adapter, route: Route) => {
   }
 }
 
-layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 seconds" })("adapters under faults", (it) => {
+// three routes per test, five tests at a time, sessions whose statement a fault kept running: more than the default
+// 40 connections
+layer(EmbeddedPostgres.layer({ version: 18, maxConnections: 120 }), {
+  excludeTestServices: true,
+  timeout: "60 seconds"
+})("adapters under faults", (it) => {
   it.effect("docs/reliability.md's adapter exceptions are faultTable.ts's", () =>
     Effect.sync(() => {
       assert.deepStrictEqual(guideTable("reliability.md", "adapter-exceptions"), tableCells(renderExceptions()))

@@ -200,6 +200,10 @@ const interruptOne = Effect.fnUntraced(function*(
   )
   const info = yield* sessionInfo(cluster, route, routed, session.backendKey)
   const pending = yield* session.startQuery("SELECT pg_sleep(10)")
+  // a retired session's backend may still sleep (its statement was never cancelled): free its slot at the end
+  yield* Effect.addFinalizer(() =>
+    Effect.ignore(monitor.query(`SELECT pg_terminate_backend(${session.backendKey.pid})`))
+  )
   yield* TestSession.waitUntilSleeping(monitor, session.backendKey.pid)
   if (row.stall === true) routed.proxy.stall((r) => r.index === 0)
   if (row.refuse === true) yield* routed.proxy.refuse
