@@ -120,6 +120,10 @@ const toQueryError = (error: unknown): PgQueryError =>
 /**
  * A connected `pg.Client` owned by the current Scope (ended when the Scope closes).
  *
+ * A connection error after connecting (the server ended the session, the network dropped it) is reported by the
+ * client's next query (`PgNotConnected`): the client listens for its `error` event, which node-postgres would
+ * otherwise raise as an uncaught exception that ends the process.
+ *
  * @example
  * ```ts
  * import * as PgAdapter from "@pqcancel/node/PgAdapter"
@@ -139,12 +143,17 @@ export const connect = (config: pg.ClientConfig): Effect.Effect<pg.Client, PgQue
     Effect.tryPromise({
       try: () => {
         const client = new pg.Client(config)
+        // node-postgres rejects every later query of a client that errored; without a listener the error event
+        // itself would be an uncaught exception
+        client.on("error", ignoreClientError)
         return client.connect().then(() => client)
       },
       catch: toQueryError
     }),
     (client) => Effect.promise(() => client.end().catch(() => undefined))
   )
+
+const ignoreClientError = (): void => {}
 
 const invalid = (message: string) => Result.fail(new InvalidOption({ message }))
 

@@ -52,6 +52,23 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
       assert.strictEqual(error._tag === "PgQueryError" ? error.code : undefined, "22012")
     }).pipe(Effect.provide(NodeTransport.layer)))
 
+  it.effect("a session the server ends is reported by the next query, not raised as an uncaught error", () =>
+    Effect.gen(function*() {
+      const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
+      const client = yield* PgAdapter.connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
+      const monitor = yield* PgAdapter.connect({ host: cluster.socketDir, port: cluster.port, user: "postgres" })
+      const options = yield* ConnectionOptions.fromString(`host=${cluster.socketDir} port=${cluster.port}`)
+      const info = yield* PgAdapter.sessionInfo(client, options)
+      const ended = yield* Deferred.make<void>()
+      client.once("end", () => Deferred.doneUnsafe(ended, Effect.void))
+      yield* PgAdapter.query(monitor, options, `SELECT pg_terminate_backend(${info.key!.pid})`)
+      // the FATAL 57P01 reached the client as its error event before the session ended: with no listener of the
+      // adapter's, an uncaught exception that fails the run
+      yield* Deferred.await(ended).pipe(Effect.timeout("10 seconds"))
+      const error = yield* Effect.flip(PgAdapter.query(client, options, "SELECT 1"))
+      assert.strictEqual(error._tag, "PgNotConnected")
+    }).pipe(Effect.provide(NodeTransport.layer)))
+
   it.effect("a session whose cancel cannot be confirmed is ended, never reused", () =>
     Effect.gen(function*() {
       const cluster = yield* EmbeddedPostgres.EmbeddedPostgres
