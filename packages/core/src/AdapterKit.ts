@@ -145,12 +145,14 @@ export interface AdapterKit<Conn extends object, Stmt, E> {
    * Runs one statement whose driver reports its end through a callback: `start` writes (or queues) it, calls `done`
    * exactly once with its outcome, and returns what identifies it to `locate`. No fiber is forked: on interruption
    * the kit locates it, cancels it under `policy` and waits for `done` before the interruption completes. Fails with
-   * `E` (before `start`) when the connection's target cannot be read.
+   * `E` (before `start`) when the connection's target cannot be read. `interrupted()`, asked before calling `done`,
+   * tells whether the fiber's interruption has begun (the kit may then still cancel it): while it has not, the
+   * statement's end is final and the driver may hand its connection on before `done` (as the driver's own pool does).
    */
   readonly statement: <A, EA>(
     connection: Conn,
     policy: CancelOnInterrupt.Policy | undefined,
-    start: (done: (exit: Exit.Exit<A, EA>) => void) => Stmt,
+    start: (done: (exit: Exit.Exit<A, EA>) => void, interrupted: () => boolean) => Stmt,
     options?: ConnectionOptions
   ) => Effect.Effect<A, EA | E, Transport>
   /**
@@ -171,12 +173,14 @@ export interface AdapterKit<Conn extends object, Stmt, E> {
    * returned: the port's own object for "on no connection yet", when `Conn` is a union). The connection's target is
    * read when `locate` first says `"running"` (once per connection, cached as for `statement`); a target that
    * cannot be read then makes it `"elsewhere"` (no cancel). `target` must succeed for every object `connectionOf`
-   * returns when the statement is retired without having run (it labels the retirement's metric).
+   * returns when the statement is retired without having run (it labels the retirement's metric). `interrupted` and
+   * `options` as for {@link AdapterKit.statement}.
    */
   readonly pooled: <A, EA>(
     policy: CancelOnInterrupt.Policy | undefined,
-    start: (done: (exit: Exit.Exit<A, EA>) => void) => Stmt,
-    connectionOf: (statement: Stmt) => Conn
+    start: (done: (exit: Exit.Exit<A, EA>) => void, interrupted: () => boolean) => Stmt,
+    connectionOf: (statement: Stmt) => Conn,
+    options?: ConnectionOptions
   ) => Effect.Effect<A, EA, Transport>
   /**
    * Runs one statement that is an Effect of the driver's own which, when interrupted, stops waiting for the
@@ -225,11 +229,14 @@ interface Targets {
  */
 class Pending<A, EA> {
   exit: Exit.Exit<A, EA> | undefined = undefined
+  /** the fiber's interruption has begun: from then on, only the interruption decides when the connection is free */
+  interrupted = false
   waiters: Array<(exit: Exit.Exit<A, EA>) => void> | undefined = undefined
   readonly resume: (effect: Effect.Effect<A, EA>) => void
   constructor(resume: (effect: Effect.Effect<A, EA>) => void) {
     this.resume = resume
   }
+  readonly isInterrupted = (): boolean => this.interrupted
   readonly done = (exit: Exit.Exit<A, EA>): void => {
     if (this.exit !== undefined) return
     this.exit = exit
@@ -303,24 +310,25 @@ export const make = <Conn extends object, Stmt, E>(port: DriverPort<Conn, Stmt, 
   const statement = <A, EA>(
     connection: Conn,
     policy: CancelOnInterrupt.Policy | undefined,
-    start: (done: (exit: Exit.Exit<A, EA>) => void) => Stmt,
+    start: (done: (exit: Exit.Exit<A, EA>) => void, interrupted: () => boolean) => Stmt,
     options?: ConnectionOptions
   ): Effect.Effect<A, EA | E, Transport> =>
     Effect.callback<A, EA | E, Transport>((resume) => {
       const session = target(connection, options)
       if (Result.isFailure(session)) return resume(Effect.fail(session.failure))
       const pending = new Pending<A, EA>(resume)
-      const stmt = start(pending.done)
+      const stmt = start(pending.done, pending.isInterrupted)
       // the services the statement was run with (its Transport): the interruption runs after the fiber left them
       const context = Fiber.getCurrent()!.context as Context.Context<Transport>
-      return Effect.suspend(() =>
-        pending.exit !== undefined
+      return Effect.suspend(() => {
+        pending.interrupted = true
+        return pending.exit !== undefined
           ? Effect.void
           : Effect.provideContext(
             Interruption.afterInterrupt(pending.handle(), settings(connection, stmt, session.success, policy)),
             context
           )
-      )
+      })
     })
 
   const effect = <A, EA, R>(
@@ -337,14 +345,16 @@ export const make = <Conn extends object, Stmt, E>(port: DriverPort<Conn, Stmt, 
 
   const pooled = <A, EA>(
     policy: CancelOnInterrupt.Policy | undefined,
-    start: (done: (exit: Exit.Exit<A, EA>) => void) => Stmt,
-    connectionOf: (statement: Stmt) => Conn
+    start: (done: (exit: Exit.Exit<A, EA>) => void, interrupted: () => boolean) => Stmt,
+    connectionOf: (statement: Stmt) => Conn,
+    options?: ConnectionOptions
   ): Effect.Effect<A, EA, Transport> =>
     Effect.callback<A, EA, Transport>((resume) => {
       const pending = new Pending<A, EA>(resume)
-      const stmt = start(pending.done)
+      const stmt = start(pending.done, pending.isInterrupted)
       const context = Fiber.getCurrent()!.context as Context.Context<Transport>
       return Effect.suspend(() => {
+        pending.interrupted = true
         if (pending.exit !== undefined) return Effect.void
         // the connection that runs it, once located "running" (its target read then)
         let running: { readonly connection: Conn; readonly session: CancelConnection.SessionInfo } | undefined
@@ -353,7 +363,7 @@ export const make = <Conn extends object, Stmt, E>(port: DriverPort<Conn, Stmt, 
           const where = port.locate(connection, stmt)
           return Effect.map(typeof where === "string" ? Effect.succeed(where) : where, (where) => {
             if (where !== "running") return where
-            const session = target(connection)
+            const session = target(connection, options)
             if (Result.isFailure(session)) return "elsewhere" as const
             running = { connection, session: session.success }
             return where
@@ -363,7 +373,7 @@ export const make = <Conn extends object, Stmt, E>(port: DriverPort<Conn, Stmt, 
         // holds it: a port makes `target` succeed for every object `connectionOf` returns)
         const session = (): CancelConnection.SessionInfo => {
           if (running !== undefined) return running.session
-          const read = target(connectionOf(stmt))
+          const read = target(connectionOf(stmt), options)
           if (Result.isFailure(read)) throw new Error(`${port.driver}: no cancel target for a retired statement`)
           return read.success
         }

@@ -478,6 +478,44 @@ export const query = <R extends pg.QueryResultRow = pg.QueryResultRow>(
 // pg.Pool
 // ---------------------------------------------------------------------------------------------------------------------
 
+// a statement of `poolQuery`: its client is its own from the checkout to its end (or the interruption's), so no turn
+interface PoolStatement {
+  client: pg.PoolClient | undefined
+  query: pg.Submittable | undefined
+  /** interrupted before the pool handed a client over: the client goes straight back, nothing is written */
+  withdrawn: boolean
+  released: boolean
+}
+
+// what `connectionOf` names before the pool handed a client over
+const unassigned: object = {}
+
+const giveBack = (statement: PoolStatement): void => {
+  if (statement.client === undefined || statement.released) return
+  statement.released = true
+  statement.client.release(unsafeToReuse(statement.client) ? true : undefined)
+}
+
+// the pool's driver port (the client's one, and "no client yet"): a client's cancel target is read the first time
+// one of its queries is interrupted
+const poolKit = AdapterKit.make<object, PoolStatement, PgNotConnected | PgInternalsChanged | InvalidOption>({
+  driver: kit.port.driver,
+  target: (client, options) =>
+    client instanceof pg.Client ? kit.port.target(client, options) : Result.fail(notConnected),
+  locate: (_, statement) => {
+    if (statement.client === undefined || statement.query === undefined) {
+      statement.withdrawn = true
+      return "withdrawn"
+    }
+    // "withdrawn" when still in the client's queue (taken out: it never calls back; the client goes back when the
+    // interruption is over)
+    return NodePostgres.locateQuery(statement.client, statement.query)
+  },
+  retire: (client, reason) => client instanceof pg.Client ? kit.port.retire(client, reason) : Effect.void,
+  isRetired: (client) => client instanceof pg.Client && isRetired(client),
+  isCanceled
+})
+
 // check a client out; one that arrives after the fiber was interrupted goes straight back
 const checkout = (pool: pg.Pool): Effect.Effect<pg.PoolClient, PgQueryError> =>
   Effect.callback<pg.PoolClient, PgQueryError>((resume) => {
@@ -583,4 +621,33 @@ export const poolQuery = <R extends pg.QueryResultRow = pg.QueryResultRow>(
   pg.QueryResult<R>,
   PgQueryError | PgNotConnected | PgInternalsChanged | InvalidOption,
   Transport
-> => withPoolClient(pool, (client) => query<R>(client, options, text, values, queryOptions))
+> =>
+  Effect.suspend(() => {
+    const statement: PoolStatement = { client: undefined, query: undefined, withdrawn: false, released: false }
+    return poolKit.pooled<pg.QueryResult<R>, PgQueryError>(
+      queryOptions,
+      (done, interrupted) => {
+        // as `pool.query` does: the query is written as soon as the pool hands a client over (not one scheduler
+        // turn later, when the fiber resumes), and the client goes back when the query ended; an interrupted
+        // query's client only once the interruption is over (the `ensuring` below)
+        pool.connect((error, client) => {
+          if (statement.withdrawn) return client?.release()
+          if (error !== undefined && error !== null) return done(Exit.fail(toQueryError(error)))
+          if (client === undefined) return done(Exit.fail(toQueryError(new Error("pool returned no client"))))
+          statement.client = client
+          NodePostgres.followTransactionStatus(client)
+          // pg < 8.21 learns the transaction status only after the query's callback: its client goes back later
+          const early = typeof (client as { getTransactionStatus?: unknown }).getTransactionStatus === "function"
+          const submitted = new pg.Query<R>(text, values === undefined ? undefined : [...values], (error, result) => {
+            if (early && !interrupted()) giveBack(statement)
+            done(error === undefined || error === null ? Exit.succeed(result) : Exit.fail(toQueryError(error)))
+          })
+          statement.query = submitted
+          client.query(submitted)
+        })
+        return statement
+      },
+      (statement) => statement.client ?? unassigned,
+      options
+    ).pipe(Effect.ensuring(Effect.sync(() => giveBack(statement))))
+  })
