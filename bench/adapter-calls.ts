@@ -73,8 +73,12 @@ export const statements: ReadonlyArray<Statement> = [
   }
 ]
 
-/** Runs one statement; built once per system (its pool lives in the Scope). */
-export type Runner = (statement: Statement) => Effect.Effect<unknown, BenchError>
+/**
+ * Runs one statement; built once per system (its pool lives in the Scope). An adapter's statements need the
+ * `Transport` (for a cancel): the bench provides it once around all slices, as an application provides it once at its
+ * root — providing it per query would merge a context per query, which the bare side does not pay.
+ */
+export type Runner = (statement: Statement) => Effect.Effect<unknown, BenchError, Transport>
 
 export interface Driver {
   readonly id: string
@@ -98,11 +102,8 @@ const pgPool = (target: Target) =>
     (pool) => Effect.promise(() => pool.end())
   )
 
-const pgAdapter = (pool: pg.Pool, transport: Context.Context<Transport>): Runner => (statement) =>
-  PgAdapter.poolQuery(pool, undefined, statement.text).pipe(
-    Effect.provideContext(transport),
-    Effect.mapError(benchError("PgAdapter.poolQuery"))
-  )
+const pgAdapter = (pool: pg.Pool): Runner => (statement) =>
+  PgAdapter.poolQuery(pool, undefined, statement.text).pipe(Effect.mapError(benchError("PgAdapter.poolQuery")))
 
 // ---------------------------------------------------------------------------------------------------------------------
 // postgres.js: its defaults (pipelining on), tagged templates
@@ -122,10 +123,8 @@ const postgresJsAdapter = Effect.fnUntraced(function*(target: Target, driver?: P
   const sql = yield* PostgresJsAdapter.make({ ...postgresJsOptions(target), driver }).pipe(
     Effect.mapError(benchError("PostgresJsAdapter.make"))
   )
-  const transport = yield* Effect.context<Transport>()
   return ((statement) =>
     PostgresJsAdapter.query(sql, statement.postgresJs).pipe(
-      Effect.provideContext(transport),
       Effect.mapError(benchError("PostgresJsAdapter.query"))
     )) satisfies Runner
 })
@@ -198,8 +197,7 @@ export const drivers: ReadonlyArray<Driver> = [
       ),
     adapter: (target) =>
       Effect.gen(function*() {
-        const pool = yield* pgPool(target)
-        return pgAdapter(pool, yield* Effect.context<Transport>())
+        return pgAdapter(yield* pgPool(target))
       })
   },
   postgresJs("postgresjs", "postgres", postgres, (target) => postgresJsAdapter(target)),
