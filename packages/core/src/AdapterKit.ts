@@ -122,15 +122,21 @@ export interface DriverPort<Conn extends object, Stmt, E> {
   readonly isRetired: (connection: Conn) => boolean
   /** whether a statement's outcome is the driver's SQLSTATE 57014 */
   readonly isCanceled: (exit: Exit.Exit<unknown, unknown>) => boolean
+  /**
+   * the transport cancels use, when the adapter holds one: provided to an interruption only (providing it around
+   * every statement would merge a context per statement); the runners' `Transport` requirement is then met
+   */
+  readonly transport?: Transport["Service"] | undefined
 }
 
 /**
- * A {@link DriverPort} made into statement runners.
+ * A {@link DriverPort} made into statement runners. `RT` is what the runners need for a cancel: the `Transport`,
+ * or nothing when the port holds its own ({@link DriverPort.transport}).
  *
  * @category models
  * @since 0.2.0
  */
-export interface AdapterKit<Conn extends object, Stmt, E> {
+export interface AdapterKit<Conn extends object, Stmt, E, RT = Transport> {
   readonly port: DriverPort<Conn, Stmt, E>
   /**
    * the connection's cancel target, read the first time and then cached per connection object; with `options`
@@ -154,7 +160,7 @@ export interface AdapterKit<Conn extends object, Stmt, E> {
     policy: CancelOnInterrupt.Policy | undefined,
     start: (done: (exit: Exit.Exit<A, EA>) => void, interrupted: () => boolean) => Stmt,
     options?: ConnectionOptions
-  ) => Effect.Effect<A, EA | E, Transport>
+  ) => Effect.Effect<A, EA | E, RT>
   /**
    * Runs one statement that is an Effect (the driver's own): it runs in a child fiber, which `statement` maps to
    * what `locate` knows it by. On interruption the kit locates it, cancels it under `policy`, waits for the fiber to
@@ -165,7 +171,7 @@ export interface AdapterKit<Conn extends object, Stmt, E> {
     policy: CancelOnInterrupt.Policy | undefined,
     statement: (fiber: Fiber.Fiber<A, EA>) => Stmt,
     query: Effect.Effect<A, EA, R>
-  ) => Effect.Effect<A, EA | E, R | Transport>
+  ) => Effect.Effect<A, EA | E, R | RT>
   /**
    * Runs one statement, as {@link AdapterKit.statement}, of a driver that picks the connection after the statement
    * started (a pool that queues and pipelines statements itself, e.g. postgres.js): `connectionOf` names the
@@ -181,7 +187,7 @@ export interface AdapterKit<Conn extends object, Stmt, E> {
     start: (done: (exit: Exit.Exit<A, EA>) => void, interrupted: () => boolean) => Stmt,
     connectionOf: (statement: Stmt) => Conn,
     options?: ConnectionOptions
-  ) => Effect.Effect<A, EA, Transport>
+  ) => Effect.Effect<A, EA, RT>
   /**
    * Runs one statement that is an Effect of the driver's own which, when interrupted, stops waiting for the
    * statement but leaves it running on the session (a pipelined driver abandons its entry): no fiber is forked. After
@@ -193,7 +199,7 @@ export interface AdapterKit<Conn extends object, Stmt, E> {
     policy: CancelOnInterrupt.Policy | undefined,
     query: Effect.Effect<A, EA, R>,
     reclaim: (fiber: Fiber.Fiber<unknown, unknown>) => Reclaimed<Stmt> | undefined
-  ) => Effect.Effect<A, EA | E, R | Transport>
+  ) => Effect.Effect<A, EA | E, R | RT>
   /** whether the adapter retired the connection */
   readonly isRetired: (connection: Conn) => boolean
 }
@@ -267,7 +273,11 @@ class Pending<A, EA> {
  * @category constructors
  * @since 0.2.0
  */
-export const make = <Conn extends object, Stmt, E>(port: DriverPort<Conn, Stmt, E>): AdapterKit<Conn, Stmt, E> => {
+export function make<Conn extends object, Stmt, E>(
+  port: DriverPort<Conn, Stmt, E> & { readonly transport: Transport["Service"] }
+): AdapterKit<Conn, Stmt, E, never>
+export function make<Conn extends object, Stmt, E>(port: DriverPort<Conn, Stmt, E>): AdapterKit<Conn, Stmt, E>
+export function make<Conn extends object, Stmt, E>(port: DriverPort<Conn, Stmt, E>): AdapterKit<Conn, Stmt, E> {
   const targets = new WeakMap<Conn, Targets>()
 
   const target = (connection: Conn, options?: ConnectionOptions): Result.Result<CancelConnection.SessionInfo, E> => {
@@ -304,7 +314,8 @@ export const make = <Conn extends object, Stmt, E>(port: DriverPort<Conn, Stmt, 
     }),
     awaitTurn: port.awaitTurn?.(connection, statement),
     isCanceled: port.isCanceled,
-    onUnsafe: (reason) => port.retire(connection, reason)
+    onUnsafe: (reason) => port.retire(connection, reason),
+    transport: port.transport
   })
 
   const statement = <A, EA>(
@@ -385,7 +396,8 @@ export const make = <Conn extends object, Stmt, E>(port: DriverPort<Conn, Stmt, 
             ? undefined
             : Effect.suspend(() => port.awaitTurn!(connectionOf(stmt), stmt)),
           isCanceled: port.isCanceled,
-          onUnsafe: (reason) => port.retire(running?.connection ?? connectionOf(stmt), reason)
+          onUnsafe: (reason) => port.retire(running?.connection ?? connectionOf(stmt), reason),
+          transport: port.transport
         }
         return Effect.provideContext(Interruption.afterInterrupt(pending.handle(), settings), context)
       })

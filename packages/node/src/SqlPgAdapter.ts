@@ -510,7 +510,9 @@ const makeGuard = (pool: PgPool.PgPool, cancel: CancelOptions, settings: Options
         )
       }),
     isRetired: (base) => retired.has(base),
-    isCanceled
+    isCanceled,
+    // provided to an interruption only: providing it around every statement merged a context per statement
+    transport
   })
   const turns = new WeakMap<SqlPg.Base, Turn>()
   const turnOf = (base: SqlPg.Base): Turn => {
@@ -528,17 +530,13 @@ const makeGuard = (pool: PgPool.PgPool, cancel: CancelOptions, settings: Options
   // one statement at a time (the adapter's turn): it runs in a child fiber, which keeps reading the answer while the
   // cancel is sent (sql-pg's own interruption of it would send sql-pg's own cancel)
   const protect = <A>(base: SqlPg.Base, query: Effect.Effect<A, SqlError>) =>
-    Effect.provideService(kit.effect(base, settings, exclusiveStatement, query), Transport, transport)
+    kit.effect(base, settings, exclusiveStatement, query)
   // pipelined: no fiber of its own; sql-pg abandons the interrupted statement's entry, the kit takes it back
   const protectPipelined = <A>(base: SqlPg.Base, query: Effect.Effect<A, SqlError>) =>
-    Effect.provideService(
-      kit.reclaimed(base, settings, query, (fiber) => {
-        const left = SqlPg.reclaimPipelined(base, fiber)
-        return left === undefined ? undefined : { ...left, statement: { fiber, pipelined: true } }
-      }),
-      Transport,
-      transport
-    )
+    kit.reclaimed(base, settings, query, (fiber) => {
+      const left = SqlPg.reclaimPipelined(base, fiber)
+      return left === undefined ? undefined : { ...left, statement: { fiber, pipelined: true } }
+    })
 
   const effect = <A>(
     connection: PgConnection.PgConnection,

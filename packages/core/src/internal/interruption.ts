@@ -16,7 +16,7 @@ import * as CancelConnection from "../CancelConnection.ts"
 import { type CancelCreateError, type CancelFailed, type CancelTimeout, isTransient } from "../CancelError.ts"
 import * as CancelMetrics from "../CancelMetrics.ts"
 import type { Location, Policy, UnsafeReason } from "../CancelOnInterrupt.ts"
-import type { Transport } from "../Transport.ts"
+import { Transport } from "../Transport.ts"
 
 export type { Location, Policy, UnsafeReason }
 
@@ -39,6 +39,11 @@ export interface Settings extends Policy {
   readonly awaitTurn?: Effect.Effect<void> | undefined
   readonly isCanceled?: ((exit: Exit.Exit<unknown, unknown>) => boolean) | undefined
   readonly onUnsafe?: ((reason: UnsafeReason) => Effect.Effect<void>) | undefined
+  /**
+   * the transport the cancel uses, when the adapter holds one: provided to the interruption only (providing it
+   * around every statement would merge a context per statement)
+   */
+  readonly transport?: Transport["Service"] | undefined
 }
 
 const defaultRetry: Schedule.Schedule<unknown, CancelFailed | CancelTimeout> = Schedule.exponential("20 millis")
@@ -57,7 +62,11 @@ export const afterInterrupt = <A, E>(
   statement: Statement<A, E>,
   settings: Settings
 ): Effect.Effect<void, never, Transport> =>
-  Effect.suspend(() => statement.poll() !== undefined ? Effect.void : Effect.scoped(interrupted(statement, settings)))
+  Effect.suspend(() => {
+    if (statement.poll() !== undefined) return Effect.void
+    const run = Effect.scoped(interrupted(statement, settings))
+    return settings.transport === undefined ? run : Effect.provideService(run, Transport, settings.transport)
+  })
 
 /**
  * Runs `query` in a child fiber (so it keeps reading the server's answer while the cancel is sent); on interruption,
@@ -68,7 +77,8 @@ export const forked = <A, E, R>(
   settings: (fiber: Fiber.Fiber<A, E>) => Settings
 ): Effect.Effect<A, E, R | Transport> =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(Effect.forkChild(query), (fiber) =>
+    // started at once (not one scheduler turn later): the statement is written as the driver would write it
+    Effect.flatMap(Effect.forkChild(query, { startImmediately: true }), (fiber) =>
       restore(Fiber.join(fiber)).pipe(
         Effect.onInterrupt(() =>
           afterInterrupt(
