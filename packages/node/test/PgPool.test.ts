@@ -5,7 +5,7 @@
 import { assert, describe, it, layer } from "@effect/vitest"
 import { NodeTransport } from "@pqcancel/node"
 import * as PgAdapter from "@pqcancel/node/PgAdapter"
-import { EmbeddedPostgres } from "@pqcancel/test-utils"
+import { EmbeddedPostgres, FaultProxy } from "@pqcancel/test-utils"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -91,6 +91,35 @@ layer(EmbeddedPostgres.layer18, { excludeTestServices: true, timeout: "60 second
         assert.strictEqual(one.rows[0]?.one, 1)
       }).pipe(Effect.provide(NodeTransport.layer)))
 
+    it.effect("poolQuery: an interrupted query's client reaches a waiting query only once the interruption is over", () =>
+      Effect.gen(function*() {
+        const { cluster, monitor } = yield* setup
+        // the session through a proxy that blackholes cancels: unconfirmed until cancelTimeout; the query ends by
+        // itself meanwhile, and the kit then retires its client (the cancel could still land)
+        const proxy = yield* FaultProxy.make({ upstream: { port: cluster.port } })
+        proxy.setRule((c) => c.first === "CancelRequest" ? { blackhole: true } : undefined)
+        const pool = yield* scopedPool({ host: "127.0.0.1", port: proxy.port, user: "postgres", max: 1 })
+        const first = yield* PgAdapter.poolQuery(pool, undefined, "SELECT pg_sleep(1) -- pool-test D", undefined, {
+          cancelTimeout: "1500 millis"
+        }).pipe(Effect.forkChild)
+        yield* waitUntil(
+          "the query to sleep",
+          Effect.map(sleepingBackends(monitor, "pool-test D"), (pids) => pids.length === 1)
+        )
+        const [pid] = yield* sleepingBackends(monitor, "pool-test D")
+        // queued in the pool behind it: written the moment the pool hands a client over
+        const waiting = yield* PgAdapter.poolQuery<{ pid: number }>(
+          pool,
+          undefined,
+          "SELECT pg_backend_pid() AS pid -- pool-test E"
+        ).pipe(Effect.forkChild)
+        yield* waitUntil("the second query to wait for a client", Effect.sync(() => pool.waitingCount === 1))
+        assert.isTrue(interruptedOnly(yield* Fiber.interrupt(first).pipe(Effect.andThen(Fiber.await(first)))))
+        // had the first client gone back when its query ended, the waiting query would have run on the session the
+        // unconfirmed cancel may still reach
+        const next = yield* Fiber.join(waiting)
+        assert.notStrictEqual(next.rows[0]?.pid, pid, "the waiting query ran on a session of its own")
+      }).pipe(Effect.provide(NodeTransport.layer)))
     it.effect("a fiber interrupted while it waits for a client leaks nothing", () =>
       Effect.gen(function*() {
         const { cluster, monitor } = yield* setup
