@@ -26,6 +26,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import type * as Tls from "node:tls"
+import { unverifiablePeer } from "./internal/peerCredentials.ts"
 import * as TlsErrors from "./internal/tlsErrors.ts"
 import type { TlsFiles } from "./internal/tlsFiles.ts"
 import { checkHostName, tlsFiles } from "./internal/tlsFiles.ts"
@@ -151,11 +152,8 @@ class BunConnection implements TransportNs.Connection {
       this.socket = socket
       this.connected = true
       const request = this.request
-      if (request.address._tag === "Unix" && request.options.requirepeer !== undefined) {
-        // no peer credentials (SO_PEERCRED) here: refuse, as libpq does where it cannot check
-        this.emit({ _tag: "PeerRejected", message: "requirepeer parameter is not supported on this platform" })
-        return
-      }
+      const rejected = unverifiablePeer(request)
+      if (rejected !== undefined) return this.emit(rejected)
       this.emit(Connected)
       if (request.address._tag === "Tcp" && !this.closed) {
         socket.setNoDelay(true)

@@ -29,6 +29,7 @@ import * as Layer from "effect/Layer"
 import * as Net from "node:net"
 import * as Tls from "node:tls"
 import * as GssChannel from "./internal/gssChannel.ts"
+import { unverifiablePeer } from "./internal/peerCredentials.ts"
 import * as TlsErrors from "./internal/tlsErrors.ts"
 import type { TlsFiles } from "./internal/tlsFiles.ts"
 import { checkHostName, tlsFiles } from "./internal/tlsFiles.ts"
@@ -151,11 +152,8 @@ class NodeConnection implements TransportNs.Connection {
   private readonly onConnect = () => {
     this.connected = true
     const request = this.request
-    if (request.address._tag === "Unix" && request.options.requirepeer !== undefined) {
-      // Node cannot read the peer's credentials (SO_PEERCRED): refuse, as libpq does where it cannot check
-      this.emit({ _tag: "PeerRejected", message: "requirepeer parameter is not supported on this platform" })
-      return
-    }
+    const rejected = unverifiablePeer(request)
+    if (rejected !== undefined) return this.emit(rejected)
     this.emit(Connected)
     // after the CancelRequest (or SSLRequest) went out: the first write on a fresh socket never waits for Nagle,
     // and keepalives only matter for a cancel that stays open
